@@ -1,0 +1,1 @@
+"""Catalog build (Parquet, shard index, quarantine, summary), SQL queries with DuckDB, and PHI scans."""

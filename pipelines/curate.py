@@ -1,0 +1,116 @@
+"""The curation pipeline: recipes -> shards + catalog + quarantine + summary.
+
+    Discover -> Read -> Deidentify -> Harmonize -> Resample -> ProjectDRR -> Caption -> Encode -> Shard -> Catalog
+        \\________\\__________\\____________\\____________\\___________\\___________\\_________\\-> Quarantine
+
+Stages are ``Stage(name, fn)`` wrappers over plain functions (``transforms/``); each returns (good, quarantine).
+"""
+from __future__ import annotations
+
+import apache_beam as beam
+
+from medcurate.catalog import build as catalog_build
+from medcurate.pipelines.options import RunConfig
+from medcurate.transforms.caption import CaptionStage
+from medcurate.transforms.common import Stage
+from medcurate.transforms.context import Context
+from medcurate.transforms.deid import Deidentify
+from medcurate.transforms.discover import Discover
+from medcurate.transforms.drr import ProjectDRR
+from medcurate.transforms.harmonize import Harmonize
+from medcurate.transforms.pseudonym import Pseudonymizer
+from medcurate.transforms.read import Read
+from medcurate.transforms.resample import Resample
+from medcurate.transforms.shard import plan_shards, to_shard_samples, write_shard
+
+
+def _encode(sample):
+    yield from to_shard_samples(sample)
+
+
+def _assign(shard_sample, plan):
+    return plan[shard_sample.key], shard_sample
+
+
+def _finalize(_, out_dir, cards, discovered, rows, index, quarantine):
+    catalog_build.write_catalog(rows, out_dir)
+    catalog_build.write_index(index, out_dir)
+    catalog_build.write_quarantine(quarantine, out_dir)
+    catalog_build.write_datasets(cards, out_dir)
+    summary = catalog_build.summarize(catalog_build.group_units(discovered), rows, quarantine)
+    catalog_build.write_summary(summary, out_dir)
+    yield summary
+
+
+class Curate(beam.PTransform):
+    """The whole job as one composite: returns the summary PCollection (one dict)."""
+
+    def __init__(self, config: RunConfig):
+        super().__init__()
+        self.config = config
+        self.ctx = Context(
+            recipes={r.id: r for r in config.recipes},
+            pseudo=Pseudonymizer(config.key),
+            device=config.device,
+            split_ratios=tuple(config.split_ratios),
+        )
+
+    def expand(self, pbegin):
+        cfg, ctx = self.config, self.ctx
+        items, q_discover = pbegin | "discover" >> Discover(cfg.recipes, cfg.limit)
+        samples, q_read = items | "read" >> Read(ctx)
+        samples, q_deid = samples | "deidentify" >> Stage("deidentify", Deidentify(ctx))
+        samples, q_harm = samples | "harmonize" >> Stage("harmonize", Harmonize(ctx))
+        samples, q_res = samples | "resample" >> Stage("resample", Resample(ctx))
+        samples, q_drr = samples | "drr" >> Stage("drr", ProjectDRR(ctx))
+        samples, q_cap = samples | "caption" >> Stage("caption", CaptionStage(ctx))
+        shard_samples, q_enc = samples | "encode" >> Stage("encode", _encode)
+
+        plan = (
+            shard_samples
+            | "sizes" >> beam.Map(lambda s: ((s.product, s.split), (s.key, s.size)))
+            | "group-sizes" >> beam.GroupByKey()
+            | "plan" >> beam.FlatMap(plan_shards, cfg.shard_max_bytes, cfg.shard_max_count)
+        )
+        written = (
+            shard_samples
+            | "assign" >> beam.Map(_assign, plan=beam.pvalue.AsDict(plan))
+            | "group-shards" >> beam.GroupByKey()
+            | "write-shards" >> beam.Map(write_shard, cfg.out)
+        )
+        rows = written | "rows" >> beam.FlatMap(lambda w: w[1]) | "all-rows" >> beam.combiners.ToList()
+        index = written | "entries" >> beam.Map(lambda w: w[0]) | "all-entries" >> beam.combiners.ToList()
+        quarantine = (
+            (q_discover, q_read, q_deid, q_harm, q_res, q_drr, q_cap, q_enc)
+            | "quarantine" >> beam.Flatten()
+            | "all-quarantine" >> beam.combiners.ToList()
+        )
+        discovered = (
+            items
+            | "units" >> beam.Map(lambda i: (i.dataset, i.units))
+            | "units-per-dataset" >> beam.CombinePerKey(sum)
+            | "all-units" >> beam.combiners.ToList()
+        )
+        cards = [r.public() for r in cfg.recipes]
+        return (
+            pbegin
+            | "finalize-trigger" >> beam.Create([None])
+            | "finalize" >> beam.FlatMap(
+                _finalize,
+                cfg.out,
+                cards,
+                discovered=beam.pvalue.AsSingleton(discovered),
+                rows=beam.pvalue.AsSingleton(rows),
+                index=beam.pvalue.AsSingleton(index),
+                quarantine=beam.pvalue.AsSingleton(quarantine),
+            )
+        )
+
+
+def run_pipeline(config: RunConfig):
+    """Build and run; returns (PipelineResult, summary dict read back from the output)."""
+    pipeline = beam.Pipeline(options=config.pipeline_options())
+    _ = pipeline | "curate" >> Curate(config)
+    result = pipeline.run()
+    result.wait_until_finish()
+    return result

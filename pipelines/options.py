@@ -1,0 +1,61 @@
+"""Run options: medcurate's own flags are parsed here; every other flag goes to Beam untouched.
+
+``--runner``, ``--direct_num_workers``, ``--direct_running_mode``, Dataflow/Flink/Spark options, ``--setup_file``:
+all pass through. With no ``--runner`` the DirectRunner is used.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from medcurate.transforms.pseudonym import Secret
+
+DEFAULT_SHARD_MAX_BYTES = 512 * 1024**2
+DEFAULT_SHARD_MAX_COUNT = 10000
+
+
+def parse_ratios(text: str) -> tuple:
+    pairs = []
+    for part in text.split(","):
+        name, _, value = part.partition("=")
+        if not name.strip() or not value:
+            raise argparse.ArgumentTypeError("split ratios look like train=0.8,val=0.1,test=0.1")
+        pairs.append((name.strip(), float(value)))
+    total = sum(v for _, v in pairs)
+    if abs(total - 1.0) > 1e-6 or any(v < 0 for _, v in pairs):
+        raise argparse.ArgumentTypeError("split ratios must be non-negative and add up to 1")
+    return tuple(pairs)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (local path, gs:// or s3://)")
+    parser.add_argument("--key-file", help="file holding the pseudonymization key (else $MEDCURATE_KEY)")
+    parser.add_argument("--limit", type=int, help="read at most N items per recipe (DICOM: N folders)")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                        help="resample/DRR backend: CuPy on a GPU when present (auto), or force one")
+    parser.add_argument("--split-ratios", type=parse_ratios, default=(("train", 0.8), ("val", 0.1), ("test", 0.1)),
+                        help="patient-level split ratios, e.g. train=0.8,val=0.1,test=0.1")
+    parser.add_argument("--shard-max-bytes", type=int, default=DEFAULT_SHARD_MAX_BYTES)
+    parser.add_argument("--shard-max-count", type=int, default=DEFAULT_SHARD_MAX_COUNT)
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing medcurate output folder")
+
+
+@dataclass
+class RunConfig:
+    recipes: list  # [Recipe]
+    out: str
+    key: Secret
+    limit: int | None = None
+    device: str = "auto"
+    split_ratios: tuple = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    shard_max_bytes: int = DEFAULT_SHARD_MAX_BYTES
+    shard_max_count: int = DEFAULT_SHARD_MAX_COUNT
+    beam_args: list = field(default_factory=list)
+
+    def pipeline_options(self) -> PipelineOptions:
+        args = list(self.beam_args)
+        if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+            args.append("--runner=DirectRunner")
+        return PipelineOptions(args)

@@ -1,0 +1,318 @@
+"""Dataset recipes: one YAML file per dataset, validated against a JSON Schema.
+
+Validation messages name the field (``source.labels_csv``) and say how to fix it. ``root`` and other paths are
+relative to the recipe file unless absolute or a URL (gs://, s3://). See docs/recipes.md and recipes/*.yaml.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import posixpath
+from dataclasses import dataclass, field
+from typing import Any
+
+import jsonschema
+import yaml
+
+from medcurate.schemas.records import DATASET_ID_RE
+
+ADAPTERS = ("dicom-folder", "nifti-folder", "image-csv")
+MODALITY_HINT = "a modality code such as CT, MR, XR, PT, NM, US, MG"
+_NUM = {"type": "number", "exclusiveMinimum": 0}
+
+DEID_OPTIONS = {
+    "retain_long_full_dates": False,
+    "retain_long_modified_dates": True,
+    "retain_patient_characteristics": True,
+    "retain_device_identity": False,
+    "retain_institution_identity": False,
+    "retain_uids": False,
+    "retain_safe_private": False,
+    "clean_descriptors": False,
+    "clean_structured_content": False,
+    "clean_graphics": False,
+}
+BURNED_IN_POLICIES = ("quarantine", "keep-flagged")
+
+DEFAULT_DRR_VIEWS = [
+    {"name": "ap", "projection": "parallel", "direction": "ap"},
+    {"name": "lateral", "projection": "parallel", "direction": "lateral"},
+]
+
+VIEW_SCHEMA = {
+    "type": "object",
+    "required": ["name", "projection", "direction"],
+    "additionalProperties": False,
+    "properties": {
+        "name": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+        "projection": {"enum": ["parallel", "cone"]},
+        "direction": {"enum": ["ap", "pa", "lateral"]},
+        "angle_deg": {"type": "number"},
+        "sid_mm": _NUM,
+        "sdd_mm": _NUM,
+        "rows": {"type": "integer", "minimum": 8, "maximum": 4096},
+        "cols": {"type": "integer", "minimum": 8, "maximum": 4096},
+        "pixel_mm": _NUM,
+    },
+}
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["dataset", "source"],
+    "additionalProperties": False,
+    "properties": {
+        "dataset": {
+            "type": "object",
+            "required": ["id", "license"],
+            "additionalProperties": False,
+            "properties": {
+                "id": {"type": "string", "pattern": DATASET_ID_RE.pattern},
+                "name": {"type": "string"},
+                "description": {"type": "string"},
+                "citation": {"type": "string"},
+                "homepage": {"type": "string"},
+                "version": {"type": "string"},
+                "license": {"type": "string", "pattern": r"^(LicenseRef-[A-Za-z0-9.-]+|[A-Za-z0-9][A-Za-z0-9.+-]*)$"},
+                "redistributable": {"type": "boolean"},
+                "access": {"enum": ["open", "registration", "application", "dua"]},
+                "patient_namespace": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
+            },
+        },
+        "source": {
+            "type": "object",
+            "required": ["adapter", "root"],
+            "properties": {
+                "adapter": {"enum": list(ADAPTERS)},
+                "root": {"type": "string", "minLength": 1},
+                "pattern": {"type": "string"},
+                "images": {"type": "string"},
+                "labels": {"type": "string"},
+                "structures_csv": {"type": "string"},
+                "labels_csv": {"type": "string"},
+                "label_separator": {"type": "string", "minLength": 1},
+                "columns": {
+                    "type": "object",
+                    "required": ["image"],
+                    "additionalProperties": False,
+                    "properties": {
+                        k: {"type": "string"} for k in ("image", "labels", "patient", "view", "age", "sex", "study")
+                    },
+                },
+                "reports": {"type": "string"},
+                "label_vocabulary": {"type": "string"},
+            },
+            "additionalProperties": False,
+            "allOf": [
+                {
+                    "if": {"properties": {"adapter": {"const": "image-csv"}}},
+                    "then": {"required": ["images", "labels_csv", "columns"]},
+                },
+                {"if": {"properties": {"adapter": {"const": "nifti-folder"}}}, "then": {"required": ["images"]}},
+            ],
+        },
+        "defaults": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "modality": {"type": "string", "pattern": "^[A-Z]{2,8}$"},
+                "body_part": {"type": "string"},
+                "view": {"type": "string"},
+                "pixel_spacing_mm": {"type": "array", "items": _NUM, "minItems": 2, "maxItems": 2},
+            },
+        },
+        "deid": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                **{k: {"type": "boolean"} for k in DEID_OPTIONS},
+                "burned_in_policy": {"enum": list(BURNED_IN_POLICIES)},
+            },
+        },
+        "processing": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "max_file_bytes": {"type": "integer", "minimum": 1},
+                "resample": {
+                    "oneOf": [
+                        {"const": False},
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "spacing_mm": {"type": "array", "items": _NUM, "minItems": 3, "maxItems": 3},
+                            },
+                        },
+                    ]
+                },
+                "drr": {
+                    "oneOf": [
+                        {"const": False},
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "views": {"type": "array", "items": VIEW_SCHEMA, "minItems": 1},
+                                "hu_mapping": {"type": "string"},
+                                "display_bits": {"enum": [8, 16]},
+                                "label_mode": {"enum": ["binary", "path_length"]},
+                            },
+                        },
+                    ]
+                },
+            },
+        },
+    },
+}
+
+# Field-specific fixes appended to validation messages.
+HINTS = {
+    "dataset.id": "use lowercase letters, digits and hyphens, e.g. 'nih-chestxray14'",
+    "dataset.license": "set an SPDX identifier such as CC-BY-4.0, CC0-1.0, or LicenseRef-<name>",
+    "source.adapter": "one of " + ", ".join(ADAPTERS),
+    "source.root": "the dataset folder, relative to the recipe file or an absolute path / gs:// / s3:// URL",
+    "source.images": "a glob relative to root, e.g. 'images/*.png' or 'imagesTr/*.nii.gz'",
+    "source.labels_csv": "the label table, relative to root, e.g. 'Data_Entry_2017.csv'",
+    "source.columns": "map 'image' (required), 'labels', 'patient', 'view', 'age', 'sex' to CSV column names",
+    "defaults.modality": MODALITY_HINT,
+    "processing.resample.spacing_mm": "three positive numbers in mm, e.g. [1.5, 1.5, 1.5]",
+}
+
+
+class RecipeError(ValueError):
+    """A recipe that does not validate; the message names the field and the fix."""
+
+
+def _field_path(error: jsonschema.ValidationError) -> str:
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else ""
+        path = f"{path}.{missing}" if path else missing
+    if error.validator == "additionalProperties":
+        extra = error.message.split("'")[1] if "'" in error.message else ""
+        path = f"{path}.{extra}" if path else extra
+    return path or "<recipe>"
+
+
+def _hint(path: str) -> str:
+    for key in sorted(HINTS, key=len, reverse=True):
+        if path == key or path.startswith(key + "."):
+            return HINTS[key]
+    return ""
+
+
+def validate(doc: Any, where: str = "recipe") -> None:
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (list(e.absolute_path), e.message))
+    if not errors:
+        return
+    lines = []
+    for e in errors:
+        path = _field_path(e)
+        if e.validator == "additionalProperties":
+            msg = "unknown field"
+        elif e.validator == "required":
+            msg = "required field is missing"
+        else:
+            msg = e.message
+        hint = _hint(path)
+        lines.append(f"  {path}: {msg}" + (f" (fix: {hint})" if hint else ""))
+    raise RecipeError(f"{where} is not a valid recipe:\n" + "\n".join(lines))
+
+
+def _resolve(base_dir: str, path: str) -> str:
+    if "://" in path or os.path.isabs(path):
+        return path
+    if "://" in base_dir:
+        return posixpath.normpath(posixpath.join(base_dir, path))
+    return os.path.normpath(os.path.join(base_dir, path))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    id: str
+    dataset: dict
+    source: dict
+    defaults: dict
+    deid: dict
+    processing: dict
+    sha256: str
+    root: str = field(repr=False)  # may hold identifying folder names: not printed, never written
+
+    @property
+    def patient_namespace(self) -> str:
+        return self.dataset.get("patient_namespace", self.id)
+
+    @property
+    def max_file_bytes(self) -> int:
+        return int(self.processing.get("max_file_bytes", 2 * 1024**3))
+
+    @property
+    def resample(self) -> dict | None:
+        value = self.processing.get("resample", {"spacing_mm": [1.5, 1.5, 1.5]})
+        if value is False:
+            return None
+        return {"spacing_mm": [1.5, 1.5, 1.5], **value}
+
+    @property
+    def drr(self) -> dict | None:
+        value = self.processing.get("drr", {})
+        if value is False:
+            return None
+        return {
+            "views": DEFAULT_DRR_VIEWS,
+            "hu_mapping": "water-linear-v1",
+            "display_bits": 8,
+            "label_mode": "binary",
+            **value,
+        }
+
+    def path(self, relative: str) -> str:
+        return _resolve(self.root, relative)
+
+    def public(self) -> dict:
+        """The recipe as it may appear in outputs: no source paths."""
+        return {
+            "dataset": self.dataset,
+            "defaults": self.defaults,
+            "deid": self.deid,
+            "processing": self.processing,
+            "adapter": self.source["adapter"],
+            "sha256": self.sha256,
+        }
+
+
+def from_dict(doc: dict, base_dir: str, text: str | None = None, where: str = "recipe") -> Recipe:
+    validate(doc, where)
+    doc = copy.deepcopy(doc)
+    text = text if text is not None else yaml.safe_dump(doc, sort_keys=True)
+    deid = {**DEID_OPTIONS, "burned_in_policy": "quarantine", **doc.get("deid", {})}
+    if deid["retain_long_full_dates"] and deid["retain_long_modified_dates"]:
+        raise RecipeError(
+            f"{where} is not a valid recipe:\n  deid.retain_long_full_dates: cannot be combined with "
+            "retain_long_modified_dates (fix: set one of them to false)"
+        )
+    return Recipe(
+        id=doc["dataset"]["id"],
+        dataset=doc["dataset"],
+        source=doc["source"],
+        defaults=doc.get("defaults", {}),
+        deid=deid,
+        processing=doc.get("processing", {}),
+        sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
+        root=_resolve(base_dir, doc["source"]["root"]),
+    )
+
+
+def load(path: str) -> Recipe:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.open(path, compression_type="uncompressed") as f:
+        text = f.read().decode("utf-8")
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{os.path.basename(path)} is not valid YAML: {exc}") from None
+    base_dir = posixpath.dirname(path) if "://" in path else os.path.dirname(os.path.abspath(path))
+    return from_dict(doc, base_dir, text=text, where=os.path.basename(path))

@@ -1,0 +1,127 @@
+"""The shared sample schema (one catalog row per shard sample) as a pyarrow schema.
+
+Versioning: ``SCHEMA_VERSION`` is in every row and every JSON record. Adding a nullable field is a minor version
+bump and never breaks readers (they select the columns they know); renaming, removing or changing a field's type
+is a major bump. See docs/schema.md for the field table.
+"""
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1.0"
+
+_str = pa.string()
+CATALOG_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", _str, nullable=False),
+        pa.field("key", _str, nullable=False),
+        pa.field("parent_key", _str),
+        pa.field("product", _str, nullable=False),
+        pa.field("dataset", _str, nullable=False),
+        pa.field("dataset_name", _str),
+        pa.field("kind", _str, nullable=False),
+        pa.field("patient_id", _str, nullable=False),
+        pa.field("study_id", _str),
+        pa.field("series_id", _str),
+        pa.field("split", _str, nullable=False),
+        pa.field("modality", _str),
+        pa.field("modality_raw", _str),
+        pa.field("body_part", _str),
+        pa.field("body_part_raw", _str),
+        pa.field("body_part_code", _str),
+        pa.field("view", _str),
+        pa.field("view_raw", _str),
+        pa.field("sex", _str),
+        pa.field("age_years", pa.float64()),
+        pa.field("findings", pa.list_(_str)),
+        pa.field("labels", pa.map_(_str, pa.int8())),
+        pa.field("labels_raw", _str),
+        pa.field("structures", pa.list_(_str)),
+        pa.field("shape", pa.list_(pa.int32())),
+        pa.field("spacing_mm", pa.list_(pa.float64())),
+        pa.field("orientation", _str),
+        pa.field("affine", pa.list_(pa.float64())),
+        pa.field("dtype", _str),
+        pa.field("intensity_unit", _str),
+        pa.field("resampling", _str),
+        pa.field("original_shape", pa.list_(pa.int32())),
+        pa.field("original_spacing_mm", pa.list_(pa.float64())),
+        pa.field("derivation", _str),
+        pa.field("caption", _str),
+        pa.field("caption_kind", _str),
+        pa.field("caption_model", _str),
+        pa.field("caption_prompt_id", _str),
+        pa.field("license", _str, nullable=False),
+        pa.field("redistributable", pa.bool_(), nullable=False),
+        pa.field("source_sha256", pa.list_(_str), nullable=False),
+        pa.field("source_units", pa.int32(), nullable=False),
+        pa.field("recipe_sha256", _str, nullable=False),
+        pa.field("pipeline_version", _str, nullable=False),
+        pa.field("unmapped", pa.list_(_str)),
+        pa.field("shard", _str, nullable=False),
+        pa.field("members", pa.list_(_str), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),
+    ],
+    metadata={"medcurate_schema_version": SCHEMA_VERSION},
+)
+
+SHARD_INDEX_SCHEMA = pa.schema(
+    [
+        pa.field("shard", _str, nullable=False),
+        pa.field("product", _str, nullable=False),
+        pa.field("split", _str, nullable=False),
+        pa.field("samples", pa.int64(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("sha256", _str, nullable=False),
+    ]
+)
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field("dataset", _str, nullable=False),
+        pa.field("stage", _str, nullable=False),
+        pa.field("reason", _str, nullable=False),
+        pa.field("message", _str, nullable=False),
+        pa.field("key", _str),
+        pa.field("units", pa.int64(), nullable=False),
+        pa.field("source_sha256", pa.list_(_str), nullable=False),
+        pa.field("detail", _str),
+    ]
+)
+
+
+class SchemaViolation(ValueError):
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field = field
+        self.problem = problem
+
+
+def validate_row(row: dict, schema: pa.Schema = CATALOG_SCHEMA) -> None:
+    """Raise SchemaViolation naming the first field that does not fit the schema."""
+    extra = set(row) - set(schema.names)
+    if extra:
+        raise SchemaViolation(sorted(extra)[0], "field not in the schema")
+    for f in schema:
+        value = row.get(f.name)
+        if value is None:
+            if not f.nullable:
+                raise SchemaViolation(f.name, "required field is missing")
+            continue
+        try:
+            pa.array([value], type=f.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError) as exc:
+            raise SchemaViolation(f.name, f"value does not fit type {f.type} ({type(exc).__name__})") from None
+
+
+def rows_to_table(rows: list[dict], schema: pa.Schema = CATALOG_SCHEMA) -> pa.Table:
+    if not rows:
+        return schema.empty_table()
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def dumps(obj) -> str:
+    """Canonical JSON: sorted keys, no NaN, compact; the same object always gives the same bytes."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)

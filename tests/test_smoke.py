@@ -1,0 +1,2 @@
+def test_import():
+    import medcurate.pipelines.cli  # noqa: F401

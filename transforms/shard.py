@@ -1,0 +1,273 @@
+"""Shard: finished samples -> WebDataset tar shards, per-shard Parquet and stats, a shard index, catalog rows.
+
+Products and their shard sets. Every sample of a shard set has the same member suffixes:
+- ``volume``:      json, npy (image [i,j,k]), txt (caption)
+- ``volume_seg``:  json, npy, seg.npy (integer label map on the same grid), txt
+- ``image``:       json, png (8/16-bit, lossless), txt
+- ``image_npy``:   json, npy, txt (2D images whose values do not fit a PNG: signed, float)
+- ``drr``:         json, png (display), lineint.npy (float32 line integrals), seg.npy (label maps, one per
+                   structure, possibly zero of them), txt
+Shards are ``shards/<product>/<split>-NNNNNN.tar``. Keys are ``SampleKey`` strings (no dots).
+
+Determinism: members are encoded canonically (sorted-key JSON, ``np.save``, PNG without timestamps); a plan sorts
+each (product, split) group by key and packs it greedily under the size and count limits, so the same samples give
+the same shards on any runner; tar headers carry a fixed mtime, owner and mode. Per shard the tar is written first,
+then its Parquet, then its stats JSON, the "done" marker (the img2dataset pattern).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.parquet as pq
+import webdataset as wds
+from PIL import Image
+
+from medcurate.schemas.records import QuarantineError, Sample
+from medcurate.schemas.sample import SchemaViolation, dumps, rows_to_table, validate_row
+from medcurate.transforms.io import HashingWriter, join, write_bytes
+
+TAR_MTIME = 1577836800  # 2020-01-01T00:00:00Z, fixed for reproducible tars
+PRODUCT_MEMBERS = {
+    "volume": ("json", "npy", "txt"),
+    "volume_seg": ("json", "npy", "seg.npy", "txt"),
+    "image": ("json", "png", "txt"),
+    "image_npy": ("json", "npy", "txt"),
+    "drr": ("json", "lineint.npy", "png", "seg.npy", "txt"),
+}
+
+
+@dataclass
+class ShardSample:
+    product: str
+    split: str
+    key: str
+    members: dict  # suffix -> bytes
+    row: dict  # catalog row without the shard location
+
+    @property
+    def size(self) -> int:
+        return sum(len(v) for v in self.members.values())
+
+
+def jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        value = float(obj)
+        return value if np.isfinite(value) else None
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, bytes):
+        return None
+    return obj
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    return buf.getvalue()
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    if array.dtype == np.uint16:
+        img = Image.fromarray(array, mode="I;16") if array.ndim == 2 else None
+        if img is None:
+            raise QuarantineError("unencodable_image", "16-bit colour images are not written as PNG")
+    else:
+        img = Image.fromarray(array)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _png_ok(array: np.ndarray) -> bool:
+    if array.dtype == np.uint8:
+        return array.ndim == 2 or (array.ndim == 3 and array.shape[2] in (3, 4))
+    return array.dtype == np.uint16 and array.ndim == 2
+
+
+def _positive(labels: dict | None) -> list:
+    return sorted(k for k, v in (labels or {}).items() if v == 1)
+
+
+def base_row(sample: Sample, product: str, key: str) -> dict:
+    m = sample.meta
+    out, orig = m.get("output", m["original"]), m["original"]
+    cap = sample.captions[0] if sample.captions else None
+    return {
+        "schema_version": m["schema_version"],
+        "key": key,
+        "parent_key": None,
+        "product": product,
+        "dataset": sample.dataset,
+        "dataset_name": m.get("dataset_name"),
+        "kind": sample.kind,
+        "patient_id": m["patient_id"],
+        "study_id": m.get("study_id"),
+        "series_id": m.get("series_id"),
+        "split": m["split"],
+        "modality": m.get("modality"),
+        "modality_raw": m.get("modality_raw"),
+        "body_part": m.get("body_part"),
+        "body_part_raw": m.get("body_part_raw"),
+        "body_part_code": m.get("body_part_code"),
+        "view": m.get("view"),
+        "view_raw": m.get("view_raw"),
+        "sex": m.get("sex"),
+        "age_years": m.get("age_years"),
+        "findings": _positive(m.get("labels")),
+        "labels": sorted((m.get("labels") or {}).items()) or None,
+        "labels_raw": m.get("labels_raw"),
+        "structures": list(m.get("structures", [])),
+        "shape": out.get("shape"),
+        "spacing_mm": out.get("spacing_mm"),
+        "orientation": out.get("orientation"),
+        "affine": out.get("affine"),
+        "dtype": out.get("dtype"),
+        "intensity_unit": out.get("intensity_unit"),
+        "resampling": m.get("resampling"),
+        "original_shape": orig.get("shape"),
+        "original_spacing_mm": orig.get("spacing_mm"),
+        "derivation": None,
+        "caption": cap.text if cap else None,
+        "caption_kind": cap.kind if cap else None,
+        "caption_model": cap.model if cap else None,
+        "caption_prompt_id": cap.prompt_id if cap else None,
+        "license": m["license"],
+        "redistributable": m["redistributable"],
+        "source_sha256": list(sample.source_sha256),
+        "source_units": int(sample.units),
+        "recipe_sha256": m["recipe_sha256"],
+        "pipeline_version": m["pipeline_version"],
+        "unmapped": [f"{k}={v}" for k, v in sorted((m.get("unmapped") or {}).items())],
+    }
+
+
+def _record(row: dict, sample: Sample, extra: dict) -> bytes:
+    """The JSON member: the catalog row plus what only the record carries (header, de-id summary, report)."""
+    header = sample.header if isinstance(sample.header, dict) else None
+    is_nifti = header is not None and "format" in header
+    doc = {
+        **row,
+        "labels": dict(row["labels"]) if row["labels"] else None,
+        "deid": sample.meta.get("deid"),
+        "dicom": header if header is not None and not is_nifti else None,
+        "nifti": header if is_nifti else None,
+        "report": sample.text.get("report"),
+        "unmapped": sample.meta.get("unmapped") or {},
+        "vocabularies": sample.meta.get("vocabularies"),
+        "read": {k: sample.meta[k] for k in ("slices", "rescaled", "gantry_tilt_deg", "photometric",
+                                             "inverted_monochrome1", "report_missing", "burned_in_risk")
+                 if k in sample.meta},
+        "captions": [c.to_dict() for c in sample.captions],
+        **extra,
+    }
+    return dumps(jsonable(doc)).encode("utf-8")
+
+
+def to_shard_samples(sample: Sample) -> list[ShardSample]:
+    """Fan a finished sample out to its shard samples (the sample itself and each DRR view)."""
+    key = str(sample.key)
+    caption = (sample.captions[0].text if sample.captions else "").encode("utf-8")
+    out = []
+    if sample.kind == "volume":
+        product = "volume_seg" if sample.label is not None else "volume"
+        row = base_row(sample, product, key)
+        members = {"npy": npy_bytes(sample.image), "txt": caption}
+        if sample.label is not None:
+            members["seg.npy"] = npy_bytes(sample.label)
+            members_extra = {"seg_values": {str(v): n for v, n in sorted(sample.label_names.items())
+                                            if n in row["structures"]}}
+        else:
+            members_extra = {}
+        members["json"] = _record(row, sample, members_extra)
+        out.append(ShardSample(product, row["split"], key, members, row))
+    else:
+        product = "image" if _png_ok(sample.image) else "image_npy"
+        row = base_row(sample, product, key)
+        members = {"txt": caption}
+        members["png" if product == "image" else "npy"] = (
+            png_bytes(sample.image) if product == "image" else npy_bytes(sample.image))
+        members["json"] = _record(row, sample, {})
+        out.append(ShardSample(product, row["split"], key, members, row))
+    for view in sample.views:
+        vkey = str(sample.key.derive(f"drr-{view.name}"))
+        row = base_row(sample, "drr", vkey)
+        cap = view.captions[0] if view.captions else None
+        derivation = {"from": key, "view": view.name, "geometry": view.geometry, "mapping": view.mapping}
+        row.update(
+            parent_key=key, kind="projection", view={"ap": "AP", "pa": "PA"}.get(view.geometry["direction"], "LATERAL"),
+            view_raw=None, structures=list(view.structures), shape=list(view.display.shape),
+            spacing_mm=view.geometry["pixel_mm"], orientation=None, affine=None, dtype=str(view.display.dtype),
+            intensity_unit="line-integral (display: log-window)", resampling=None,
+            derivation=dumps(jsonable(derivation)), caption=cap.text if cap else None,
+            caption_kind=cap.kind if cap else None, caption_model=cap.model if cap else None,
+            caption_prompt_id=cap.prompt_id if cap else None, source_units=0, findings=[], labels=None,
+            labels_raw=None,
+        )
+        members = {
+            "png": png_bytes(view.display),
+            "lineint.npy": npy_bytes(view.line_integral.astype(np.float32)),
+            "seg.npy": npy_bytes(view.labels),
+            "txt": (cap.text if cap else "").encode("utf-8"),
+        }
+        view_sample = dataclasses.replace(sample, captions=view.captions)
+        members["json"] = _record(row, view_sample, {"derivation": derivation, "structures": view.structures})
+        out.append(ShardSample("drr", row["split"], vkey, members, row))
+    for s in out:
+        assert tuple(sorted(s.members)) == PRODUCT_MEMBERS[s.product], (s.product, sorted(s.members))
+        try:
+            validate_row({**s.row, "shard": "-", "members": [], "bytes": 0})
+        except SchemaViolation as exc:
+            raise QuarantineError("schema_violation", f"record does not fit the catalog schema at field {exc.field}",
+                                  {"field": exc.field}) from None
+    return out
+
+
+def plan_shards(group: tuple, max_bytes: int, max_count: int) -> list[tuple[str, str]]:
+    """((product, split), [(key, size), ...]) -> [(key, shard path)], packed greedily in key order."""
+    (product, split), entries = group
+    plan, index, used, count = [], 0, 0, 0
+    for key, size in sorted(entries):
+        if count and (count >= max_count or used + size > max_bytes):
+            index, used, count = index + 1, 0, 0
+        plan.append((key, f"shards/{product}/{split}-{index:06d}.tar"))
+        used += size
+        count += 1
+    return plan
+
+
+def write_shard(group: tuple, out_dir: str) -> tuple[dict, list[dict]]:
+    """(shard path, [ShardSample]) -> (shard index entry, catalog rows). Tar, then Parquet, then stats."""
+    shard, samples = group
+    samples = sorted(samples, key=lambda s: s.key)
+    with_uri = join(out_dir, shard)
+    from apache_beam.io.filesystems import FileSystems
+
+    rows = []
+    stream = FileSystems.create(with_uri, mime_type="application/x-tar")
+    hashing = HashingWriter(stream)
+    with wds.TarWriter(hashing, encoder=False, mtime=TAR_MTIME, user="medcurate", group="medcurate") as tar:
+        for s in samples:
+            tar.write({"__key__": s.key, **s.members})
+            rows.append({**s.row, "shard": shard, "members": [f"{s.key}.{m}" for m in sorted(s.members)],
+                         "bytes": s.size})
+    stream.close()
+    product, split = samples[0].product, samples[0].split
+    entry = {"shard": shard, "product": product, "split": split, "samples": len(samples), "bytes": hashing.bytes,
+             "sha256": hashing.sha256}
+    buf = io.BytesIO()
+    pq.write_table(rows_to_table(rows), buf, compression="zstd")
+    write_bytes(with_uri[: -len(".tar")] + ".parquet", buf.getvalue())
+    write_bytes(with_uri[: -len(".tar")] + ".stats.json", (json.dumps(entry, sort_keys=True) + "\n").encode())
+    return entry, rows
