@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import Counter
@@ -69,6 +70,19 @@ def _patterns():
     ]
 
 
+@functools.lru_cache(maxsize=1)
+def _allow_list() -> list[str]:
+    """Whole-span regexes for clinical words that must not be redacted (see schemas/vocab/clinical_terms.yaml)."""
+    from medcurate.schemas import vocab
+
+    findings = vocab.load("findings")
+    terms = set(vocab.load("clinical_terms")["terms"]) | set(findings["findings"])
+    for space in findings["label_spaces"].values():
+        terms |= set(space["map"]) | {space.get("none", "")}
+    terms = {t.replace("_", " ").strip() for t in terms if t}
+    return [r"^\s*" + re.escape(t).replace(r"\ ", r"\s+") + r"\s*$" for t in sorted(terms)]
+
+
 def _offline_tldextract() -> None:
     os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
     import tldextract.tldextract as tld
@@ -116,12 +130,15 @@ class TextDeidentifier:
         from presidio_analyzer import PatternRecognizer
 
         ad_hoc = []
+        entities = [e for e in ENTITIES if e != "STUDY_IDENTIFIER"]
         deny = sorted({d.strip() for d in deny if d and len(d.strip()) >= 2}, key=len, reverse=True)
         if deny:
             ad_hoc.append(PatternRecognizer(supported_entity="STUDY_IDENTIFIER", deny_list=deny))
+            entities.append("STUDY_IDENTIFIER")
         results = self._analyzer.analyze(
-            text=text, language="en", entities=list(ENTITIES), ad_hoc_recognizers=ad_hoc,
-            score_threshold=self.score_threshold,
+            text=text, language="en", entities=entities, ad_hoc_recognizers=ad_hoc,
+            score_threshold=self.score_threshold, allow_list=_allow_list(), allow_list_match="regex",
+            regex_flags=re.IGNORECASE | re.DOTALL | re.MULTILINE,
         )
         # Deny-list terms also match case-insensitively and inside longer tokens (e.g. names in upper case).
         from presidio_analyzer import RecognizerResult

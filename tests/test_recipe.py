@@ -1,0 +1,69 @@
+"""Recipe validation: errors name the field and the fix; paths resolve relative to the recipe."""
+import glob
+import os
+
+import pytest
+import yaml
+
+from medcurate.schemas import recipe as recipe_mod
+
+MINIMAL = {
+    "dataset": {"id": "my-set", "license": "CC-BY-4.0"},
+    "source": {"adapter": "dicom-folder", "root": "data"},
+}
+
+
+def _write(tmp_path, doc) -> str:
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return str(path)
+
+
+def test_minimal_recipe_loads_with_defaults_and_relative_root(tmp_path):
+    r = recipe_mod.load(_write(tmp_path, MINIMAL))
+    assert r.id == "my-set"
+    assert r.root == str(tmp_path / "data")
+    assert r.resample == {"spacing_mm": [1.5, 1.5, 1.5]}
+    assert r.deid["retain_long_modified_dates"] and r.deid["retain_patient_characteristics"]
+    assert r.deid["burned_in_policy"] == "quarantine"
+    assert len(r.sha256) == 64
+    assert "root" not in r.public() and str(tmp_path) not in str(r.public())
+
+
+@pytest.mark.parametrize(
+    "change, field, fix",
+    [
+        (lambda d: d["dataset"].pop("license"), "dataset.license", "SPDX"),
+        (lambda d: d["dataset"].update(id="My.Set"), "dataset.id", "lowercase"),
+        (lambda d: d["source"].update(adapter="zip"), "source.adapter", "dicom-folder"),
+        (lambda d: d.update(extra=1), "extra", None),
+        (lambda d: d["source"].update(adapter="image-csv"), "source.images", "glob"),
+        (lambda d: d.update(processing={"resample": {"spacing_mm": [1, 1]}}), "processing.resample", None),
+    ],
+)
+def test_invalid_recipes_name_the_field(tmp_path, change, field, fix):
+    doc = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    change(doc)
+    with pytest.raises(recipe_mod.RecipeError) as err:
+        recipe_mod.load(_write(tmp_path, doc))
+    assert field in str(err.value)
+    if fix:
+        assert "fix:" in str(err.value) and fix in str(err.value)
+
+
+def test_conflicting_date_options_are_refused(tmp_path):
+    doc = {**MINIMAL, "deid": {"retain_long_full_dates": True}}
+    with pytest.raises(recipe_mod.RecipeError, match="retain_long_full_dates"):
+        recipe_mod.load(_write(tmp_path, doc))
+
+
+def test_example_recipes_validate():
+    paths = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "recipes", "*.yaml")))
+    assert paths, "recipes/ holds example recipes"
+    for path in paths:
+        recipe_mod.load(path)
+
+
+def test_demo_recipes_validate(corpus):
+    ids = [recipe_mod.load(p).id for p in corpus.recipes]
+    assert len(ids) == len(set(ids)) == 5

@@ -1,2 +1,0 @@
-def test_import():
-    import medcurate.pipelines.cli  # noqa: F401
