@@ -193,7 +193,7 @@ def test_clean_descriptors_runs_text_cleaning_with_the_header_deny_list():
     def cleaner(text, deny):
         seen.append((text, set(deny)))
         out = text
-        for term in deny:
+        for term in sorted(deny, key=len, reverse=True):
             out = re.sub(re.escape(term), "<ID>", out, flags=re.I)
         return out
 
@@ -203,6 +203,7 @@ def test_clean_descriptors_runs_text_cleaning_with_the_header_deny_list():
     engine.run(ds)
     assert ds.StudyDescription == "CT chest for <ID>"
     assert any("DOE" in deny for _, deny in seen)
+    assert not any("CT chest for DOE" in deny for _, deny in seen)  # cleaned text is not on its own deny-list
 
 
 def test_burned_in_policy_inputs():

@@ -81,3 +81,11 @@ def test_orientation_codes():
 
     assert orientation_of(np.diag([0.7, 0.7, 2.5, 1])) == "LPS"
     assert orientation_of(np.diag([-0.7, -0.7, 2.5, 1])) == "RAS"
+
+
+def test_every_catalog_field_is_documented():
+    from medcurate.schemas.sample import CATALOG_SCHEMA
+
+    doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "schema.md"), encoding="utf-8").read()
+    documented = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
+    assert documented == set(CATALOG_SCHEMA.names)

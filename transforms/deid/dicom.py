@@ -242,7 +242,9 @@ class DicomDeidentifier:
                 action = "K"
             else:
                 action = rule.resolve(self.options)
-            if action != "K":
+            if action in ("X", "Z", "D", "U") or (action == "C" and elem.VR in ("DA", "DT")):
+                # Removed or replaced values (and real dates) are identifiers for the deny-list; text that is
+                # cleaned rather than removed is not, or cleaning would redact it whole.
                 _collect_identifiers(elem, result.identifiers)
             if not dry:
                 self._apply(ds, elem, action, result, patient, offset, depth)
