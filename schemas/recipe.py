@@ -49,6 +49,7 @@ VIEW_SCHEMA = {
         "projection": {"enum": ["parallel", "cone"]},
         "direction": {"enum": ["ap", "pa", "lateral"]},
         "angle_deg": {"type": "number"},
+        "angles_deg": {"type": "array", "items": {"type": "number"}, "minItems": 1},
         "sid_mm": _NUM,
         "sdd_mm": _NUM,
         "rows": {"type": "integer", "minimum": 8, "maximum": 4096},

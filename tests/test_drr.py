@@ -187,3 +187,42 @@ def test_projection_matrix_maps_the_detector_centre_ray():
     # a point 10 mm to the patient's left at the isocentre is magnified 1.5x: 15 mm = 30 pixels to the right
     h = P @ np.array([10.0, 0, 0, 1.0])
     assert np.isclose(h[0] / h[2], 99.5 + 30)
+
+
+def test_views_render_identically_alone_together_and_on_any_thread_count(sphere):
+    frac, A = sphere
+    label = (frac > 0.5).astype(np.uint8)
+    views = [{"name": "pa", "direction": "pa", "sid_mm": 400.0, "sdd_mm": 600.0, "rows": 40, "cols": 56,
+              "pixel_mm": 1.5},
+             {"name": "lat", "direction": "lateral", "sid_mm": 400.0, "sdd_mm": 600.0, "rows": 40, "cols": 40,
+              "pixel_mm": 1.5, "angle_deg": 10.0},
+             {"name": "ap", "direction": "ap", "sid_mm": 500.0, "sdd_mm": 700.0, "rows": 32, "cols": 32,
+              "pixel_mm": 2.0}]
+    together = render_cone(CPU, frac, label, A, views, [1], "binary", threads=2)
+    for view, (img, maps, geo) in zip(views, together):
+        alone, amaps, ageo = render_cone(CPU, frac, label, A, view, [1], "binary", threads=1)
+        np.testing.assert_array_equal(img, alone)
+        np.testing.assert_array_equal(maps, amaps)
+        assert geo == ageo and img.shape == (view["rows"], view["cols"])
+
+
+def test_explicit_vectors_reproduce_the_named_geometry(sphere):
+    frac, A = sphere
+    named = {"direction": "pa", "sid_mm": 400.0, "sdd_mm": 600.0, "rows": 48, "cols": 48, "pixel_mm": 1.2}
+    img, _, geo = render_cone(CPU, frac, None, A, named, [], "binary")
+    explicit = {"direction": "pa", "rows": 48, "cols": 48, "vectors": geo["cone_vec"]}
+    img2, _, geo2 = render_cone(CPU, frac, None, A, explicit, [], "binary")
+    np.testing.assert_allclose(img2, img, rtol=1e-5, atol=1e-6)
+    assert np.allclose(geo2["projection_matrix"], geo["projection_matrix"])
+    tilted = {**explicit, "vectors": {**geo["cone_vec"], "v": [0.0, 0.5, -1.0]}}
+    with pytest.raises(ValueError, match="upright"):
+        render_cone(CPU, frac, None, A, tilted, [], "binary")
+
+
+def test_angle_lists_expand_to_named_views():
+    from medcurate.transforms.drr import expand_views
+
+    views = expand_views([{"name": "rot", "projection": "cone", "direction": "pa", "angles_deg": [0, 15, -7.5]},
+                          {"name": "ap", "projection": "parallel", "direction": "ap"}])
+    assert [v["name"] for v in views] == ["rot-0", "rot-15", "rot--7p5", "ap"]
+    assert [v.get("angle_deg") for v in views] == [0.0, 15.0, -7.5, None]

@@ -12,8 +12,15 @@ Geometries
   patient's right on the image left and superior up; the lateral view as a left lateral, anterior on the image left.
 - ``cone``: a point source and a flat detector (``sid_mm`` source-isocentre, ``sdd_mm`` source-detector,
   ``rows`` x ``cols`` pixels of ``pixel_mm``), isocentre at the volume centre, rotated about the S axis by
-  ``angle_deg``. Each view records its 3x4 projection matrix (world LPS mm -> homogeneous pixel [col, row, 1]) and
-  ASTRA ``cone_vec``-style vectors (source, detector centre, u, v).
+  ``angle_deg`` (``angles_deg: [...]`` expands to one view per angle), or given directly as ASTRA ``cone_vec``-style
+  ``vectors``. Each view records its 3x4 projection matrix (world LPS mm -> homogeneous pixel [col, row, 1]) and
+  its vectors (source, detector centre, u, v).
+
+Engine: Joseph's method. For each slice along the beam's principal axis, every ray is sampled bilinearly where it
+crosses the slice's centre plane and weighted by the ray's length through the slice; when the detector is parallel
+to the slices the sampling is separable (columns, then rows). All views sharing a principal axis are rendered in
+one pass over the slices; attenuation is computed slice by slice (parallel views: slab by slab), so no float copy
+of the volume is ever held; detector columns are split over threads on the CPU.
 
 Label maps, PAXRay-style: one map per structure, set where the ray crosses it (``binary``) or holding the path
 length in mm through it (``path_length``), computed from the same rays (or the same sums) as the image.
@@ -39,7 +46,7 @@ HU_MAPPINGS = {
 }
 DISPLAY_MAPPING = "log-window-v1"  # see display_image
 MIN_SLICES = 16
-SAMPLES_PER_CHUNK = 2_000_000  # ray samples held at once (bounds memory)
+CHUNK_VOXELS = 4_000_000  # voxels converted to attenuation at once (bounds memory)
 
 
 def hu_to_mu(backend: Backend, hu, mapping: str):
@@ -67,44 +74,68 @@ def display_image(line_integral: np.ndarray, bits: int) -> tuple[np.ndarray, dic
     return out, {"name": DISPLAY_MAPPING, "window": [round(low, 6), round(high, 6)], "bits": bits, "bone": "bright"}
 
 
-# -- parallel ---------------------------------------------------------------------------------------------------
-def _project_labels_parallel(backend: Backend, label, axis: int, values: list, step_mm: float, mode: str):
-    """(n_structures, a, b) maps for a parallel projection along ``axis`` of an integer label volume."""
-    xp = backend.xp
-    lab = backend.asarray(label)
-    moved = xp.moveaxis(lab, axis, 2)  # (a, b, depth)
-    a, b = moved.shape[:2]
-    lookup = np.full(int(max(values, default=0)) + 1, -1, dtype=np.int64)
+def _identity(x):
+    return x
+
+
+def _lookup(backend: Backend, values: list):
+    """Label value -> structure index (or -1) as a device array."""
+    table = np.full(int(max(values, default=0)) + 2, -1, dtype=np.int64)
     for n, v in enumerate(values):
-        lookup[v] = n
-    lookup = backend.asarray(lookup)
-    ia, ib, _ = xp.nonzero(moved)
-    struct = lookup[moved[ia, ib, _]]
-    keep = struct >= 0
-    code = (struct[keep] * a + ia[keep]) * b + ib[keep]
-    counts = xp.bincount(code, minlength=len(values) * a * b).reshape(len(values), a, b)
+        table[v] = n
+    return backend.asarray(table)
+
+
+def _label_maps(counts, weight, mode: str):
+    """uint16 crossing counts -> binary maps, or path lengths in mm (counts x per-ray step)."""
     if mode == "path_length":
-        return counts.astype(xp.float32) * step_mm
+        return counts.astype(np.float32) * weight
     return counts > 0
 
 
-def render_parallel(backend: Backend, mu, label, affine: np.ndarray, direction: str, values: list, mode: str):
-    """Line integrals (rows, cols), label maps, and geometry for a parallel view of a canonical volume."""
-    spacing = np.diag(affine)[:3]
+# -- parallel ---------------------------------------------------------------------------------------------------
+def render_parallel(backend: Backend, volume, label, affine: np.ndarray, direction: str, values: list, mode: str,
+                    to_mu=None, threads: int | None = None):
+    """Line integrals (rows, cols), label maps (structures, rows, cols) and geometry of a parallel view.
+
+    The volume is processed in slabs of its S axis: attenuation is computed per slab, never for the whole volume.
+    """
+    xp = backend.xp
+    to_mu = to_mu or _identity
+    spacing = np.diag(affine)[:3].astype(np.float64)
     origin = affine[:3, 3]
-    ni, nj, nk = mu.shape
+    ni, nj, nk = volume.shape
     if direction in ("ap", "pa"):
         axis, col_axis = 1, 0  # integrate along P; columns along +L
     elif direction == "lateral":
         axis, col_axis = 0, 1  # integrate along L; columns along +P (anterior on the left)
     else:
         raise ValueError(direction)
-    p = backend.to_host(mu.sum(axis=axis) * float(spacing[axis]))  # (col_axis, k)
-    image = p.T[::-1, :].astype(np.float32)  # rows from superior to inferior
+    ncol = volume.shape[col_axis]
+    p = xp.zeros((ncol, nk), dtype=xp.float32)
+    counts = xp.zeros((len(values), ncol, nk), dtype=xp.uint16) if label is not None else None
+    lookup = _lookup(backend, values) if label is not None else None
+    slab = max(1, CHUNK_VOXELS // max(ni * nj, 1))
+    step = float(spacing[axis])
+
+    def job(k0, k1):
+        mu = to_mu(backend.asarray(volume[:, :, k0:k1]))
+        p[:, k0:k1] = mu.sum(axis=axis) * step
+        if label is not None:
+            lab = backend.asarray(label[:, :, k0:k1])
+            ii, jj, kk = xp.nonzero(lab)
+            struct = lookup[lab[ii, jj, kk].astype(xp.int64)]
+            keep = struct >= 0
+            col = (jj if col_axis == 1 else ii)[keep]
+            code = (struct[keep] * ncol + col) * (k1 - k0) + kk[keep]
+            hits = xp.bincount(code, minlength=len(values) * ncol * (k1 - k0)).reshape(len(values), ncol, k1 - k0)
+            counts[:, :, k0:k1] = hits.astype(xp.uint16)
+
+    _parallel_jobs(backend, [(lambda a=a, b=b: job(a, b)) for a, b in _spans(nk, slab)], threads)
+    image = backend.to_host(p).T[::-1, :].astype(np.float32)
     maps = None
     if label is not None:
-        m = _project_labels_parallel(backend, label, axis, values, float(spacing[axis]), mode)  # (s, col_axis, k)
-        maps = backend.to_host(m).transpose(0, 2, 1)[:, ::-1, :]
+        maps = _label_maps(backend.to_host(counts).transpose(0, 2, 1)[:, ::-1, :], step, mode)
     # world (LPS) -> pixel: col = (x_c - o_c)/s_c, row = nk-1 - (z - o_z)/s_z
     P = np.zeros((3, 4))
     P[0, col_axis] = 1.0 / spacing[col_axis]
@@ -123,6 +154,16 @@ def render_parallel(backend: Backend, mu, label, affine: np.ndarray, direction: 
             [0.0, -1.0, 0.0] if direction == "pa" else [1.0, 0.0, 0.0]),
     }
     return image, (np.ascontiguousarray(maps) if maps is not None else None), geometry
+
+
+def _spans(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
+
+
+def _parallel_jobs(backend: Backend, jobs: list, threads: int | None) -> None:
+    from medcurate.transforms.resample import _run_chunks, _threads
+
+    _run_chunks(jobs, _threads(backend, threads))
 
 
 # -- cone -------------------------------------------------------------------------------------------------------
@@ -146,6 +187,18 @@ def cone_vectors(view: dict, isocentre: np.ndarray) -> dict:
     return {"source": source, "detector": detector, "u": u * pixel, "v": v * pixel, "sdd": sdd, "sid": sid}
 
 
+def explicit_vectors(view: dict) -> dict:
+    """A view given as ASTRA cone_vec-style vectors (LPS mm): ``vectors: {source, detector, u, v}``, detector centre
+    and per-pixel steps along columns (u) and rows (v). The detector must stand upright: u horizontal, v along S."""
+    vec = {k: np.asarray(view["vectors"][k], dtype=np.float64) for k in ("source", "detector", "u", "v")}
+    u, v = vec["u"], vec["v"]
+    if abs(u[2]) > 1e-6 * np.linalg.norm(u) or np.linalg.norm(v[:2]) > 1e-6 * np.linalg.norm(v):
+        raise ValueError("explicit cone vectors need an upright detector (u horizontal, v along the S axis)")
+    vec["sdd"] = float(np.linalg.norm(vec["detector"] - vec["source"]))
+    vec["sid"] = float(view.get("sid_mm", vec["sdd"]))
+    return vec
+
+
 def projection_matrix(vec: dict, rows: int, cols: int) -> np.ndarray:
     """3x4 P with [col*w, row*w, w] = P @ [x, y, z, 1] for the cone geometry ``vec``."""
     s, d, u, v = vec["source"], vec["detector"], vec["u"], vec["v"]
@@ -158,84 +211,186 @@ def projection_matrix(vec: dict, rows: int, cols: int) -> np.ndarray:
     return np.array([[*a, -a @ s], [*b, -b @ s], [*n, -n @ s]])
 
 
-def _ray_box(origin: np.ndarray, dirs: np.ndarray, lo: np.ndarray, hi: np.ndarray):
-    """Entry and exit parameters of rays ``origin + t * dirs`` through the box [lo, hi] (slab method)."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv = 1.0 / dirs
-        t0 = (lo - origin) * inv
-        t1 = (hi - origin) * inv
-    tmin = np.nanmax(np.minimum(t0, t1), axis=1)
-    tmax = np.nanmin(np.maximum(t0, t1), axis=1)
-    return np.maximum(tmin, 0.0), tmax
+def _weights(xp, coords, n: int):
+    """Linear interpolation indices/weights along one axis, ITK's edge rule (clamp within half a voxel), and a
+    0/1 factor that zeroes positions beyond it (air outside the volume)."""
+    inside = ((coords >= -0.5) & (coords <= n - 0.5)).astype(xp.float32)
+    i0 = xp.floor(coords)
+    w = (coords - i0).astype(xp.float32)
+    i1 = xp.clip(i0 + 1, 0, n - 1).astype(xp.int64)
+    i0 = xp.clip(i0, 0, n - 1).astype(xp.int64)
+    return i0, i1, w, inside
 
 
-def render_cone(backend: Backend, mu, label, affine: np.ndarray, view: dict, values: list, mode: str):
-    xp, ndi = backend.xp, backend.ndi
-    spacing = np.diag(affine)[:3]
-    origin = affine[:3, 3]
-    shape = np.array(mu.shape)
-    rows, cols = int(view.get("rows", 512)), int(view.get("cols", 512))
+def _nearest(xp, coords, n: int):
+    inside = (coords >= -0.5) & (coords <= n - 0.5)
+    return xp.clip(xp.floor(coords + 0.5), 0, n - 1).astype(xp.int64), inside
+
+
+class _ConeSetup:
+    """Per view: the rays of a block of detector columns, expressed against slices along the principal axis."""
+
+    def __init__(self, xp, vec, rows, cols, axis, other, spacing, origin, shape, c_lo, c_hi):
+        self.xp, self.axis, self.other = xp, axis, other
+        s, det, u, v = vec["source"], vec["detector"], vec["u"], vec["v"]
+        c = np.arange(c_lo, c_hi) - (cols - 1) / 2.0
+        r = np.arange(rows) - (rows - 1) / 2.0
+        base = det - s
+        d_a = base[axis] + c * u[axis]  # per column: v has no component in the horizontal plane
+        d_b = base[other] + c * u[other]
+        d_z = base[2] + r * v[2]  # per row: u is horizontal
+        self.s_a, self.s_b, self.s_z = s[axis], s[other], s[2]
+        self.d_a, self.d_b, self.d_z = d_a, d_b, d_z
+        self.sp_b, self.sp_z, self.o_b, self.o_z = spacing[other], spacing[2], origin[other], origin[2]
+        self.n_b, self.n_z = shape[other], shape[2]
+        norm = np.sqrt(d_a[:, None] ** 2 + d_b[:, None] ** 2 + d_z[None, :] ** 2)
+        self.weight = (spacing[axis] * norm / np.abs(d_a)[:, None]).astype(np.float32)  # mm of ray per slice
+        # With the detector parallel to the slices every ray meets a slice at one magnification: separable rows.
+        self.separable = bool(np.allclose(d_a, d_a[0], rtol=0, atol=1e-9 * abs(d_a[0])))
+        self.acc = xp.zeros((c_hi - c_lo, rows), dtype=xp.float32)
+
+    def coords(self, plane: float):
+        t = (plane - self.s_a) / self.d_a  # per column
+        p_b = (self.s_b + t * self.d_b - self.o_b) / self.sp_b
+        if self.separable:
+            p_z = (self.s_z + t[0] * self.d_z - self.o_z) / self.sp_z  # per row
+        else:
+            p_z = (self.s_z + np.outer(t, self.d_z) - self.o_z) / self.sp_z  # per column and row
+        return p_b, p_z
+
+
+def _sample_slice(xp, plane2d, p_b, p_z, separable: bool):
+    """Bilinear samples of a (n_b, n_z) slice at columns' p_b and rows' p_z; zero beyond the slice."""
+    n_b, n_z = plane2d.shape
+    b0, b1, wb, inb = _weights(xp, xp.asarray(p_b), n_b)
+    tmp = xp.take(plane2d, b0, axis=0)
+    tmp += (xp.take(plane2d, b1, axis=0) - tmp) * wb[:, None]
+    tmp *= inb[:, None]  # (cols, n_z)
+    if separable:
+        z0, z1, wz, inz = _weights(xp, xp.asarray(p_z), n_z)
+        out = xp.take(tmp, z0, axis=1)
+        out += (xp.take(tmp, z1, axis=1) - out) * wz[None, :]
+        out *= inz[None, :]
+    else:
+        z0, z1, wz, inz = _weights(xp, xp.asarray(p_z), n_z)
+        out = xp.take_along_axis(tmp, z0, axis=1)
+        out += (xp.take_along_axis(tmp, z1, axis=1) - out) * wz
+        out *= inz
+    return out
+
+
+def _label_slice(xp, plane2d, p_b, p_z, separable: bool):
+    n_b, n_z = plane2d.shape
+    ib, inb = _nearest(xp, xp.asarray(p_b), n_b)
+    tmp = xp.take(plane2d, ib, axis=0) * inb[:, None].astype(plane2d.dtype)
+    iz, inz = _nearest(xp, xp.asarray(p_z), n_z)
+    if separable:
+        return xp.take(tmp, iz, axis=1) * inz[None, :].astype(tmp.dtype)
+    return xp.take_along_axis(tmp, iz, axis=1) * inz.astype(tmp.dtype)
+
+
+def render_cone(backend: Backend, volume, label, affine: np.ndarray, views, values: list, mode: str,
+                to_mu=None, threads: int | None = None):
+    """Cone-beam views by Joseph's method: for every slice along the beam's principal axis, each ray is sampled
+    bilinearly where it crosses the slice's centre plane and weighted by the ray length through the slice.
+
+    ``views``: one view dict or a list; all views sharing a principal axis are rendered in one pass over the
+    slices. Returns (image, maps, geometry) for one view, or a list of them. Label maps come from the same rays
+    (nearest-neighbour samples of the mask). Detector columns are split over threads on the CPU.
+    """
+    single = isinstance(views, dict)
+    views = [views] if single else list(views)
+    xp = backend.xp
+    to_mu = to_mu or _identity
+    spacing = np.diag(affine)[:3].astype(np.float64)
+    origin = affine[:3, 3].astype(np.float64)
+    shape = np.array(volume.shape)
     lo, hi = origin - spacing / 2, origin + (shape - 0.5) * spacing
     iso = (lo + hi) / 2
-    vec = cone_vectors(view, iso)
-    P = projection_matrix(vec, rows, cols)
-    cc, rr = np.meshgrid(np.arange(cols) - (cols - 1) / 2.0, np.arange(rows) - (rows - 1) / 2.0)
-    pixels = vec["detector"] + cc.reshape(-1, 1) * vec["u"] + rr.reshape(-1, 1) * vec["v"]
-    dirs = pixels - vec["source"]
-    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
-    t_in, t_out = _ray_box(vec["source"], dirs, lo, hi)
-    step = float(spacing.min()) * 0.5
-    n_steps = int(np.ceil(np.max(np.maximum(t_out - t_in, 0)) / step)) + 1
-    total = np.zeros(rows * cols, dtype=np.float32)
-    counts = None
-    if label is not None:
-        counts = xp.zeros((len(values), rows * cols), dtype=xp.float32)
-        lookup = np.full(int(max(values, default=0)) + 1, -1, dtype=np.int64)
-        for n, val in enumerate(values):
-            lookup[val] = n
-        lookup = backend.asarray(lookup)
-        lab = backend.asarray(label)
-    mu_d = backend.asarray(mu)
-    steps = np.arange(n_steps) * step
-    chunk = max(64, SAMPLES_PER_CHUNK // n_steps)
-    for start in range(0, rows * cols, chunk):
-        stop = min(rows * cols, start + chunk)
-        length = np.maximum(t_out[start:stop] - t_in[start:stop], 0.0)
-        # Segment m covers [m*step, (m+1)*step] of the chord, cut at its end; it is sampled at its midpoint.
-        weight = np.clip(length[:, None] - steps[None, :], 0.0, step)  # (rays, steps), mm
-        t = t_in[start:stop, None] + steps[None, :] + weight / 2
-        pts = vec["source"][None, None, :] + t[..., None] * dirs[start:stop, None, :]
-        idx_d = backend.asarray(((pts - origin) / spacing).reshape(-1, 3).T.astype(np.float32))
-        w_d = backend.asarray(weight.astype(np.float32))
-        samples = ndi.map_coordinates(mu_d, idx_d, order=1, mode="nearest", prefilter=False).reshape(t.shape)
-        total[start:stop] = backend.to_host((samples * w_d).sum(axis=1))
-        if label is not None:
-            lv = ndi.map_coordinates(lab, idx_d, order=0, mode="constant", cval=0, prefilter=False).reshape(t.shape)
-            ray, seg = xp.nonzero(lv * (w_d > 0))
-            struct = lookup[lv[ray, seg].astype(xp.int64)]
-            keep = struct >= 0
-            code = struct[keep] * (stop - start) + ray[keep]
-            path = xp.bincount(code, weights=w_d[ray, seg][keep], minlength=len(values) * (stop - start))
-            counts[:, start:stop] = path.reshape(len(values), stop - start).astype(xp.float32)
-    image = total.reshape(rows, cols)
-    maps = None
-    if label is not None:
-        c = backend.to_host(counts).reshape(len(values), rows, cols)
-        maps = c if mode == "path_length" else c > 0
-    geometry = {
-        "projection": "cone",
-        "direction": view["direction"],
-        "angle_deg": float(view.get("angle_deg", 0.0)),
-        "rows": rows,
-        "cols": cols,
-        "pixel_mm": [float(np.linalg.norm(vec["v"])), float(np.linalg.norm(vec["u"]))],
-        "sid_mm": vec["sid"],
-        "sdd_mm": vec["sdd"],
-        "projection_matrix": P.round(9).tolist(),
-        "cone_vec": {k: np.asarray(vec[k]).round(6).tolist() for k in ("source", "detector", "u", "v")},
-        "step_mm": step,
-    }
-    return image.astype(np.float32), maps, geometry
+    lookup = _lookup(backend, values) if label is not None else None
+    prepared = []
+    for view in views:
+        vec = explicit_vectors(view) if "vectors" in view else cone_vectors(view, iso)
+        rows, cols = int(view.get("rows", 512)), int(view.get("cols", 512))
+        beam = vec["detector"] - vec["source"]
+        axis = int(np.argmax(np.abs(beam[:2])))
+        prepared.append((view, vec, rows, cols, axis))
+    workers = _threads_for(backend, threads)
+    results: dict[int, tuple] = {}
+    for axis in sorted({p[4] for p in prepared}):
+        group = [(i, p) for i, p in enumerate(prepared) if p[4] == axis]
+        other = 1 - axis
+        blocks = []  # (view index, setup, label counts)
+        for i, (view, vec, rows, cols, _) in group:
+            for c_lo, c_hi in _spans(cols, -(-cols // workers)):
+                setup = _ConeSetup(xp, vec, rows, cols, axis, other, spacing, origin, shape, c_lo, c_hi)
+                counts = xp.zeros((len(values), c_hi - c_lo, rows), dtype=xp.uint16) if label is not None else None
+                blocks.append((i, setup, counts, c_lo, c_hi))
+
+        def job(setup, counts):
+            for sl in range(int(shape[axis])):
+                plane = origin[axis] + sl * spacing[axis]
+                slab = volume[sl, :, :] if axis == 0 else volume[:, sl, :]
+                mu = to_mu(backend.asarray(slab))
+                p_b, p_z = setup.coords(plane)
+                setup.acc += _sample_slice(xp, mu, p_b, p_z, setup.separable)
+                if counts is not None:
+                    lab = backend.asarray(label[sl, :, :] if axis == 0 else label[:, sl, :])
+                    hit = _label_slice(xp, lab, p_b, p_z, setup.separable)
+                    cc, rr = xp.nonzero(hit)
+                    struct = lookup[hit[cc, rr].astype(xp.int64)]
+                    keep = struct >= 0
+                    counts[struct[keep], cc[keep], rr[keep]] += 1  # one label per ray per slice: no repeats
+
+        _parallel_jobs(backend, [(lambda s=b[1], c=b[2]: job(s, c)) for b in blocks], threads)
+        for i, (view, vec, rows, cols, _) in group:
+            mine = [b for b in blocks if b[0] == i]
+            image = np.concatenate([backend.to_host(b[1].acc) * b[1].weight for b in mine], axis=0).T
+            maps = None
+            if label is not None:
+                maps = np.concatenate(
+                    [_label_maps(backend.to_host(b[2]), b[1].weight[None], mode) for b in mine], axis=1
+                ).transpose(0, 2, 1)
+            P = projection_matrix(vec, rows, cols)
+            geometry = {
+                "projection": "cone",
+                "direction": view["direction"],
+                "angle_deg": float(view.get("angle_deg", 0.0)),
+                "rows": rows,
+                "cols": cols,
+                "pixel_mm": [float(np.linalg.norm(vec["v"])), float(np.linalg.norm(vec["u"]))],
+                "sid_mm": vec["sid"],
+                "sdd_mm": vec["sdd"],
+                "projection_matrix": P.round(9).tolist(),
+                "cone_vec": {k: np.asarray(vec[k]).round(6).tolist() for k in ("source", "detector", "u", "v")},
+                "method": "joseph",
+            }
+            results[i] = (np.ascontiguousarray(image, dtype=np.float32),
+                          np.ascontiguousarray(maps) if maps is not None else None, geometry)
+    out = [results[i] for i in range(len(views))]
+    return out[0] if single else out
+
+
+def _threads_for(backend: Backend, threads: int | None) -> int:
+    from medcurate.transforms.resample import _threads
+
+    return _threads(backend, threads)
+
+
+def expand_views(views: list) -> list:
+    """A view with ``angles_deg: [..]`` stands for one view per angle, named ``<name>-<angle>``."""
+    out = []
+    for view in views:
+        angles = view.get("angles_deg")
+        if not angles:
+            out.append(view)
+            continue
+        for angle in angles:
+            v = {k: val for k, val in view.items() if k != "angles_deg"}
+            v["angle_deg"] = float(angle)
+            v["name"] = f"{view['name']}-{int(angle) if float(angle).is_integer() else angle}".replace(".", "p")
+            out.append(v)
+    return out
 
 
 class ProjectDRR:
@@ -268,22 +423,42 @@ class ProjectDRR:
         order = np.argsort(structures, kind="stable")
         values = [values[i] for i in order]
         structures = [structures[i] for i in order]
-        mu = hu_to_mu(self.backend, self.backend.asarray(sample.image), cfg["hu_mapping"])
+        if cfg["hu_mapping"] not in HU_MAPPINGS:
+            raise QuarantineError("unknown_hu_mapping", "the recipe names an HU mapping that does not exist")
+        backend = self.backend
+        volume = backend.asarray(sample.image)  # int16 HU moved once; attenuation is computed slab by slab
+        label = backend.asarray(sample.label) if sample.label is not None else None
+
+        def to_mu(hu):
+            return hu_to_mu(backend, hu, cfg["hu_mapping"])
+
         views, failed = [], []
-        for view in cfg["views"]:
+        all_views = expand_views(cfg["views"])
+        rendered = {}
+        for view in all_views:
+            if view["projection"] != "parallel":
+                continue
             try:
-                views.append(self._view(view, cfg, mu, sample, affine, values, structures))
+                rendered[view["name"]] = render_parallel(
+                    backend, volume, label, affine, view["direction"], values, cfg["label_mode"], to_mu=to_mu)
             except Exception as exc:  # noqa: BLE001 - a failed view loses that view, never the CT sample
                 failed.append(quarantine_record("drr", sample, exc, derived=True))
+        cones = [v for v in all_views if v["projection"] == "cone"]
+        if cones:
+            try:
+                for view, result in zip(cones, render_cone(
+                        backend, volume, label, affine, cones, values, cfg["label_mode"], to_mu=to_mu)):
+                    rendered[view["name"]] = result
+            except Exception as exc:  # noqa: BLE001
+                failed.extend(quarantine_record("drr", sample, exc, derived=True) for _ in cones)
+        for view in all_views:
+            if view["name"] in rendered:
+                views.append(self._view(view, cfg, rendered[view["name"]], structures))
         yield sample.replace(views=views)
         yield from failed
 
-    def _view(self, view, cfg, mu, sample, affine, values, structures) -> View:
-        if view["projection"] == "parallel":
-            image, maps, geo = render_parallel(
-                self.backend, mu, sample.label, affine, view["direction"], values, cfg["label_mode"])
-        else:
-            image, maps, geo = render_cone(self.backend, mu, sample.label, affine, view, values, cfg["label_mode"])
+    def _view(self, view, cfg, result, structures) -> View:
+        image, maps, geo = result
         display, disp = display_image(image, cfg["display_bits"])
         if maps is None:
             maps = np.zeros((0,) + image.shape, dtype=bool if cfg["label_mode"] == "binary" else np.float32)

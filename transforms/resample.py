@@ -16,6 +16,8 @@ outer voxel centres takes the edge value; beyond that it takes the fill value (-
 from __future__ import annotations
 
 import itertools
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -28,6 +30,8 @@ from medcurate.transforms.harmonize import geometry
 ANTIALIAS_FACTOR = 1.5
 MAX_OUTPUT_VOXELS = 2_000_000_000
 GEOMETRY_TOL = 1e-4
+EDGE_EPS = 1e-6
+SLAB_VOXELS = 4_000_000  # output voxels per slab: bounds temporaries to ~tens of MB
 
 
 @dataclass
@@ -97,12 +101,66 @@ def antialias_sigmas(m3: np.ndarray) -> np.ndarray:
     return np.where(step > ANTIALIAS_FACTOR, np.maximum(0.0, (step - 1.0) / 2.0), 0.0)
 
 
-def _inside_mask(backend: Backend, in_shape, m4: np.ndarray, out_shape):
-    """True where the pulled-back point lies within half a voxel of the input grid (ITK's buffer test)."""
-    ones = backend.xp.ones(in_shape, dtype=backend.xp.uint8)
-    return backend.ndi.affine_transform(
-        ones, m4[:3, :3], offset=m4[:3, 3], output_shape=out_shape, order=0, mode="grid-constant", cval=0
-    ).astype(bool)
+def _threads(backend: Backend, threads: int | None) -> int:
+    if backend.name != "cpu":
+        return 1  # one device: kernels are queued on one stream
+    return max(1, threads if threads else min(4, os.cpu_count() or 1))
+
+
+def _run_chunks(jobs: list, workers: int) -> None:
+    if workers == 1 or len(jobs) == 1:
+        for job in jobs:
+            job()
+        return
+    with ThreadPoolExecutor(workers) as pool:  # NumPy and SciPy release the GIL in these kernels
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+
+
+def _axis_weights(xp, coords: np.ndarray, n: int, order: int):
+    """Per output position along one axis: input indices and weight (linear) or index (nearest), clamped to the
+    grid as ITK does inside its buffer, plus the positions beyond half a voxel of the grid (to be filled)."""
+    outside = (coords < -0.5 - EDGE_EPS) | (coords > n - 0.5 + EDGE_EPS)
+    if order == 0:
+        idx = np.clip(np.floor(coords + 0.5), 0, n - 1).astype(np.int64)
+        return xp.asarray(idx), None, None, outside
+    i0 = np.floor(coords)
+    w = (coords - i0).astype(np.float32)
+    i1 = np.clip(i0 + 1, 0, n - 1).astype(np.int64)
+    i0 = np.clip(i0, 0, n - 1).astype(np.int64)
+    return xp.asarray(i0), xp.asarray(i1), xp.asarray(w), outside
+
+
+def _interp_axis(xp, x, axis: int, coords: np.ndarray, order: int):
+    i0, i1, w, _ = _axis_weights(xp, coords, x.shape[axis], order)
+    if order == 0:
+        return xp.take(x, i0, axis=axis)
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    a = xp.take(x, i0, axis=axis).astype(xp.float32, copy=False)
+    b = xp.take(x, i1, axis=axis).astype(xp.float32, copy=False)
+    b -= a
+    b *= w.reshape(shape)
+    a += b
+    return a
+
+
+def _finish(xp, values, out, fill, masks, out_dtype) -> None:
+    """Fill positions beyond the grid, round and clip to integer dtypes, store into ``out``."""
+    for axis, bad in masks:
+        if bad.any():
+            index = [slice(None)] * values.ndim
+            index[axis] = xp.asarray(np.nonzero(bad)[0])
+            values[tuple(index)] = fill
+    if out_dtype.kind in "iu" and values.dtype.kind == "f":
+        info = np.iinfo(out_dtype)
+        xp.rint(values, out=values)
+        xp.clip(values, info.min, info.max, out=values)
+    out[...] = values
+
+
+def _chunks(n: int, size: int) -> list[tuple[int, int]]:
+    return [(a, min(n, a + size)) for a in range(0, n, size)]
 
 
 def resample_array(
@@ -115,49 +173,70 @@ def resample_array(
     fill: float = 0.0,
     antialias: bool = True,
     out_dtype=None,
+    threads: int | None = None,
 ):
-    """Pull ``volume`` (a host or device array) back onto the output grid; returns a device array of ``out_dtype``."""
+    """Pull ``volume`` (a host or device array) back onto the output grid; returns a device array of ``out_dtype``.
+
+    Work proceeds in slabs of the output's last axis, so temporaries stay small (a few tens of MB) whatever the
+    volume size; on the CPU the slabs run on a few threads.
+    """
     xp, ndi = backend.xp, backend.ndi
     m4 = pullback(in_affine, out_affine)
     m3, offset = m4[:3, :3], m4[:3, 3]
     src = backend.asarray(volume)
     out_dtype = np.dtype(out_dtype or src.dtype)
-    if order > 0:
-        src = src.astype(xp.float32, copy=False)
-        if antialias:
-            sigmas = antialias_sigmas(m3)
-            if sigmas.any():
-                src = ndi.gaussian_filter(src, sigma=tuple(float(s) for s in sigmas), mode="nearest")
+    out = xp.empty(tuple(int(s) for s in out_shape), dtype=out_dtype)
+    sigmas = antialias_sigmas(m3) if (order > 0 and antialias) else np.zeros(3)
     perm = _signed_permutation(m3)
+    plane = int(np.prod(out_shape[:2]))
+    slab = max(1, SLAB_VOXELS // max(plane, 1))
+    jobs = []
     if perm is not None:
-        # Transpose the input so output axis b reads input axis perm[b]: the matrix becomes diagonal.
-        src_t = src.transpose(perm)
-        diag = np.array([m3[perm[b], b] for b in range(3)])
-        off = np.array([offset[perm[b]] for b in range(3)])
-        result = ndi.affine_transform(
-            src_t, diag, offset=off, output_shape=out_shape, order=order, mode="nearest",
-            output=xp.float32 if order > 0 else src.dtype, prefilter=False,
-        )
-        # Inside test per axis: continuous input index within [-0.5, n - 0.5].
-        for b in range(3):
-            n = src_t.shape[b]
-            coord = diag[b] * np.arange(out_shape[b]) + off[b]
-            bad = (coord < -0.5 - 1e-6) | (coord > n - 0.5 + 1e-6)
-            if bad.any():
-                index = [slice(None)] * 3
-                index[b] = backend.asarray(np.nonzero(bad)[0])
-                result[tuple(index)] = fill
+        src_t = src.transpose(perm)  # a view: output axis b reads input axis perm[b]
+        sig_t = sigmas[perm]
+        coords = [m3[perm[b], b] * np.arange(out_shape[b]) + offset[perm[b]] for b in range(3)]
+        masks01 = [(b, _axis_weights(np, coords[b], src_t.shape[b], order)[3]) for b in (0, 1)]
+        margin = int(np.ceil(4 * sig_t[2]))  # the Gaussian's reach (scipy truncates at 4 sigma)
+        for k0, k1 in _chunks(out_shape[2], slab):
+            def job(k0=k0, k1=k1):
+                c2 = coords[2][k0:k1]
+                lo = int(max(0, np.floor(c2.min()) - margin))
+                hi = int(min(src_t.shape[2], np.floor(c2.max()) + 2 + margin))
+                part = src_t[:, :, lo:hi]
+                if sig_t.any():
+                    part = ndi.gaussian_filter(part.astype(xp.float32), sigma=tuple(float(v) for v in sig_t),
+                                               mode="nearest")
+                part = _interp_axis(xp, part, 0, coords[0], order)
+                part = _interp_axis(xp, part, 1, coords[1], order)
+                # The margin keeps both neighbours of every position inside the slab, so clamping to the slab
+                # only happens at the volume's own edges; positions beyond the grid are filled below.
+                part = _interp_axis(xp, part, 2, c2 - lo, order)
+                bad2 = _axis_weights(np, c2, src_t.shape[2], order)[3]
+                _finish(xp, part, out[:, :, k0:k1], fill, masks01 + [(2, bad2)], out_dtype)
+            jobs.append(job)
     else:
-        result = ndi.affine_transform(
-            src, m3, offset=offset, output_shape=out_shape, order=order, mode="nearest",
-            output=xp.float32 if order > 0 else src.dtype, prefilter=False,
-        )
-        inside = _inside_mask(backend, src.shape, m4, out_shape)
-        result[~inside] = fill
-    if order > 0 and out_dtype.kind in "iu":
-        info = np.iinfo(out_dtype)
-        result = xp.clip(xp.rint(result), info.min, info.max)
-    return result.astype(out_dtype, copy=False)
+        if sigmas.any():
+            src = ndi.gaussian_filter(src.astype(xp.float32), sigma=tuple(float(v) for v in sigmas), mode="nearest")
+        shape_in = np.array(src.shape)
+        for k0, k1 in _chunks(out_shape[2], slab):
+            def job(k0=k0, k1=k1):
+                off = offset + m3[:, 2] * k0
+                part_shape = (out_shape[0], out_shape[1], k1 - k0)
+                part = ndi.affine_transform(
+                    src, m3, offset=off, output_shape=part_shape, order=order, mode="nearest",
+                    output=xp.float32 if order > 0 else src.dtype, prefilter=False,
+                )
+                i, j, k = (np.arange(n, dtype=np.float64) for n in part_shape)
+                inside = np.ones(part_shape, dtype=bool)
+                for a in range(3):  # the pulled-back index along input axis a, built by broadcasting
+                    cont = (m3[a, 0] * i)[:, None, None] + (m3[a, 1] * j)[None, :, None] + (m3[a, 2] * k)[None, None, :]
+                    cont += off[a]
+                    inside &= (cont >= -0.5 - EDGE_EPS) & (cont <= shape_in[a] - 0.5 + EDGE_EPS)
+                part[~backend.asarray(inside)] = fill
+                _finish(xp, part, out[:, :, k0:k1], fill, [], out_dtype)
+            jobs.append(job)
+    _run_chunks(jobs, _threads(backend, threads))
+    return out
 
 
 class Resample:
