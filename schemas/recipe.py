@@ -143,6 +143,8 @@ SCHEMA: dict[str, Any] = {
                             "additionalProperties": False,
                             "properties": {
                                 "spacing_mm": {"type": "array", "items": _NUM, "minItems": 3, "maxItems": 3},
+                                "size": {"type": "array", "items": {"type": "integer", "minimum": 1},
+                                         "minItems": 3, "maxItems": 3},
                             },
                         },
                     ]

@@ -174,3 +174,20 @@ def test_gpu_request_without_a_gpu_is_an_error_and_auto_falls_back():
             get_backend("gpu")
     assert get_backend("auto").name in ("cpu", "gpu")
     assert get_backend("cpu").name == "cpu"
+
+
+def test_fixed_size_grid_crops_or_pads_around_the_field_of_view_centre(phantom):
+    img, _, A = phantom
+    full_shape, full_A = canonical_grid(img.shape, A, (1.5, 1.5, 1.5))
+    for size in ((32, 32, 32), (128, 100, 90)):
+        shape, out_A = canonical_grid(img.shape, A, (1.5, 1.5, 1.5), size=size)
+        assert shape == size
+        centre = out_A[:3, 3] + (np.array(size) - 1) / 2 * 1.5
+        full_centre = full_A[:3, 3] + (np.array(full_shape) - 1) / 2 * 1.5
+        assert np.allclose(centre, full_centre, atol=0.75 + 1e-9)
+        out = resample_array(CPU, img, A, shape, out_A, order=1, fill=-1024, antialias=False, out_dtype=np.float32)
+        ref = sitk_resample(img, A, shape, out_A, sitk.sitkLinear, -1024, sitk.sitkFloat32)
+        assert float(np.sqrt(np.mean((out - ref) ** 2))) <= 1e-3
+    padded = resample_array(CPU, img, A, (128, 100, 90), canonical_grid(img.shape, A, (1.5,) * 3, size=(128, 100, 90))[1],
+                            order=1, fill=-1024)
+    assert (padded[0] == -1024).all() and (padded[:, :, -1] == -1024).all()

@@ -1,7 +1,8 @@
 """Resample volumes to a target spacing in the canonical orientation, as one pull-back.
 
 Canonical orientation: index axes along +L, +P, +S (identity direction in LPS; the standard axial DICOM layout).
-Output grid: the input's field of view (outer voxel edges) in LPS, cut into voxels of the target spacing.
+Output grid: the input's field of view (outer voxel edges) in LPS, cut into voxels of the target spacing; or a
+fixed ``size`` centred on the field of view (crop or pad).
 Pull-back: output index -> world -> input index (``M = inv(A_in) @ A_out``), then interpolation: linear for images,
 nearest for label masks, with Gaussian anti-aliasing of the input along axes downsampled by more than 1.5x.
 
@@ -68,15 +69,20 @@ def get_backend(device: str = "auto") -> Backend:
     return Backend("cpu", np, ndi)
 
 
-def canonical_grid(shape, affine: np.ndarray, spacing) -> tuple[tuple, np.ndarray]:
-    """Output shape and affine covering the input's field of view, axes along +L, +P, +S."""
+def canonical_grid(shape, affine: np.ndarray, spacing, size=None) -> tuple[tuple, np.ndarray]:
+    """Output shape and affine, axes along +L, +P, +S: covering the input's field of view, or, with ``size``,
+    exactly ``size`` voxels centred on the field of view (cropping or padding with the fill value)."""
     spacing = np.asarray(spacing, dtype=np.float64)
     edges = [(-0.5, n - 0.5) for n in shape]
     corners = np.array([[*c, 1.0] for c in itertools.product(*edges)]) @ np.asarray(affine).T
     lo, hi = corners[:, :3].min(axis=0), corners[:, :3].max(axis=0)
-    out_shape = tuple(int(max(1, np.ceil((h - l) / s - 1e-6))) for l, h, s in zip(lo, hi, spacing))
     out_affine = np.eye(4)
     out_affine[:3, :3] = np.diag(spacing)
+    if size is not None:
+        out_shape = tuple(int(n) for n in size)
+        out_affine[:3, 3] = (lo + hi) / 2 - (np.array(out_shape) - 1) / 2 * spacing
+        return out_shape, out_affine
+    out_shape = tuple(int(max(1, np.ceil((h - l) / s - 1e-6))) for l, h, s in zip(lo, hi, spacing))
     out_affine[:3, 3] = lo + spacing / 2
     return out_shape, out_affine
 
@@ -260,7 +266,8 @@ class Resample:
         if self.backend is None:
             self.setup()
         spacing = recipe.resample["spacing_mm"]
-        out_shape, out_affine = canonical_grid(sample.image.shape, sample.affine, spacing)
+        out_shape, out_affine = canonical_grid(sample.image.shape, sample.affine, spacing,
+                                               recipe.resample.get("size"))
         if int(np.prod(out_shape)) > MAX_OUTPUT_VOXELS:
             raise QuarantineError("resample_too_large", "resampled volume would exceed the voxel limit",
                                   {"voxels": int(np.prod(out_shape))})
