@@ -17,7 +17,7 @@ import sys
 import time
 
 LOG_PATH = "logs/run.log"
-OUR_OUTPUTS = ("shards", "catalog", "quarantine", "logs", "summary.json")
+OUR_OUTPUTS = ("shards", "catalog", "quarantine", "logs", "summary.json", "_parts")
 
 
 def _quiet_beam_logging() -> None:

@@ -21,18 +21,30 @@ from medcurate.transforms.harmonize import Harmonize
 from medcurate.transforms.pseudonym import Pseudonymizer
 from medcurate.transforms.read import Read
 from medcurate.transforms.resample import Resample
-from medcurate.transforms.shard import plan_shards, to_shard_samples, write_shard
+from medcurate.transforms.shard import encode_parts, plan_shards, write_shard
 
 
-def _encode(sample):
-    yield from to_shard_samples(sample)
+class _Encode:
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def __call__(self, sample):
+        yield from encode_parts(sample, self.out_dir)
 
 
-def _assign(shard_sample, plan):
-    return plan[shard_sample.key], shard_sample
+def _assign(part, plan):
+    return plan[part.key], part
 
 
 def _finalize(_, out_dir, cards, discovered, rows, index, quarantine):
+    from apache_beam.io.filesystems import FileSystems
+
+    from medcurate.transforms.io import join
+    from medcurate.transforms.shard import PARTS_DIR
+
+    parts = join(out_dir, PARTS_DIR)
+    if FileSystems.exists(parts):  # written parts are deleted shard by shard; this removes the folders
+        FileSystems.delete([parts])
     catalog_build.write_catalog(rows, out_dir)
     catalog_build.write_index(index, out_dir)
     catalog_build.write_quarantine(quarantine, out_dir)
@@ -64,7 +76,7 @@ class Curate(beam.PTransform):
         samples, q_res = samples | "resample" >> Stage("resample", Resample(ctx))
         samples, q_drr = samples | "drr" >> Stage("drr", ProjectDRR(ctx))
         samples, q_cap = samples | "caption" >> Stage("caption", CaptionStage(ctx))
-        shard_samples, q_enc = samples | "encode" >> Stage("encode", _encode)
+        shard_samples, q_enc = samples | "encode" >> Stage("encode", _Encode(cfg.out))
 
         plan = (
             shard_samples

@@ -68,6 +68,7 @@ class Item:
     companions: tuple = ()  # ((role, uri), ...) e.g. ("label", uri), ("report", uri)
     row: tuple = ()  # ((column, value), ...) the label-table row for this item, if any
     units: int = 1  # how many discovered units this item stands for (always 1 at discovery)
+    size: Optional[int] = None  # bytes, when discovery listed it (saves a metadata call per read)
 
     def companion(self, role: str) -> Optional[str]:
         for r, uri in self.companions:

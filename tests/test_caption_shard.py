@@ -10,7 +10,7 @@ import webdataset as wds
 
 from medcurate.schemas.records import Caption
 from medcurate.transforms.caption import TemplateCaptioner, check_caption
-from medcurate.transforms.shard import TAR_MTIME, ShardSample, npy_bytes, plan_shards, png_bytes, write_shard
+from medcurate.transforms.shard import TAR_MTIME, npy_bytes, plan_shards, png_bytes, write_shard
 
 
 def test_template_caption_names_the_positive_findings_only():
@@ -52,34 +52,40 @@ def test_plan_packs_in_key_order_under_size_and_count_limits():
     assert plan == plan_shards((("image", "train"), list(reversed(entries))), max_bytes=100, max_count=1000)
 
 
-def test_written_shard_reads_back_with_webdataset(tmp_path):
-    samples = []
+def test_written_shard_reads_back_with_webdataset_and_tarfile(tmp_path):
+    import tarfile
+
+    from medcurate.transforms.shard import Part, tar_blocks
+    from medcurate.transforms.io import write_bytes
+
+    parts = []
     for i in range(3):
         img = (np.arange(64, dtype=np.uint8).reshape(8, 8) + i)
         members = {"png": png_bytes(img), "json": json.dumps({"i": i}).encode(), "txt": f"caption {i}".encode()}
-        samples.append(ShardSample("image", "train", f"demo_{i:08x}", members, {"key": f"demo_{i:08x}"}))
-    rows = [{**_row(s.key)} for s in samples]
-    for s, r in zip(samples, rows):
-        s.row = r
-    entry, out_rows = write_shard(("shards/image/train-000000.tar", list(reversed(samples))), str(tmp_path))
+        key = f"demo_{i:08x}"
+        blob = tar_blocks(key, members)
+        assert len(blob) % 512 == 0
+        write_bytes(str(tmp_path / f"_parts/image/{key}.tarpart"), blob)
+        parts.append(Part("image", "train", key, len(blob), f"_parts/image/{key}.tarpart", _row(key)))
+    entry, rows = write_shard(("shards/image/train-000000.tar", list(reversed(parts))), str(tmp_path))
     path = tmp_path / "shards/image/train-000000.tar"
-    assert entry["samples"] == 3 and entry["bytes"] == path.stat().st_size
+    assert entry["samples"] == 3 and entry["bytes"] == path.stat().st_size and entry["bytes"] % 10240 == 0
     assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert not list((tmp_path / "_parts" / "image").iterdir())  # parts are removed once written
     got = list(wds.WebDataset(str(path), shardshuffle=False))
-    assert [g["__key__"] for g in got] == sorted(s.key for s in samples)
+    assert [g["__key__"] for g in got] == [p.key for p in parts]
     assert sorted(k for k in got[0] if not k.startswith("__")) == ["json", "png", "txt"]
     from PIL import Image
 
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(got[1]["png"]))),
                                   np.arange(64, dtype=np.uint8).reshape(8, 8) + 1)
-    import tarfile
-
-    with tarfile.open(path) as tar:
-        assert {m.mtime for m in tar.getmembers()} == {TAR_MTIME}
-        assert all("." not in m.name.split(".", 1)[0] for m in tar.getmembers())
+    with tarfile.open(path) as tar:  # a strict reader agrees
+        members = tar.getmembers()
+        assert {m.mtime for m in members} == {TAR_MTIME} and {m.mode for m in members} == {0o444}
+        assert [m.name for m in members][:3] == ["demo_00000000.json", "demo_00000000.png", "demo_00000000.txt"]
+        assert tar.extractfile("demo_00000002.txt").read() == b"caption 2"
     assert (tmp_path / "shards/image/train-000000.stats.json").exists()
-    assert [r["members"] for r in out_rows][0] == [f"{samples[0].key}.json", f"{samples[0].key}.png",
-                                                    f"{samples[0].key}.txt"]
+    assert [r["shard"] for r in rows] == ["shards/image/train-000000.tar"] * 3
 
 
 def test_npy_bytes_are_canonical():
@@ -96,6 +102,6 @@ def _row(key):
     row.update(schema_version="1.0", key=key, product="image", dataset="demo", kind="image", patient_id="p1",
                split="train", license="MIT", redistributable=True, source_sha256=["00"], source_units=1,
                recipe_sha256="r", pipeline_version="0")
-    for f in ("shard", "members", "bytes"):
-        row.pop(f)
+    row.pop("shard")
+    row.update(members=[f"{key}.json", f"{key}.png", f"{key}.txt"], bytes=0)
     return row

@@ -15,7 +15,7 @@ import apache_beam as beam
 from medcurate.schemas.recipe import Recipe
 from medcurate.schemas.records import Item, QuarantineRecord
 from medcurate.transforms.common import QUARANTINE, counter
-from medcurate.transforms.io import match, read_bytes
+from medcurate.transforms.io import match, match_sizes, read_bytes
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -38,15 +38,15 @@ def _companion(recipe: Recipe, pattern: str, image_uri: str) -> str:
 
 
 def discover_dicom(recipe: Recipe, limit: int | None) -> Iterator[Item]:
-    files = match(recipe.root, recipe.source.get("pattern", "**/*"))
+    files = match_sizes(recipe.root, recipe.source.get("pattern", "**/*"))
     if limit:
         # Series usually live one per folder: a limit keeps whole folders so it does not cut series short.
-        by_dir: dict[str, list[str]] = defaultdict(list)
+        by_dir: dict[str, list] = defaultdict(list)
         for f in files:
-            by_dir[posixpath.dirname(f)].append(f)
+            by_dir[posixpath.dirname(f[0])].append(f)
         files = [f for d in sorted(by_dir)[:limit] for f in by_dir[d]]
-    for uri in files:
-        yield Item(recipe.id, "dicom", uri)
+    for uri, size in files:
+        yield Item(recipe.id, "dicom", uri, size=size)
 
 
 def discover_nifti(recipe: Recipe, limit: int | None) -> Iterator[Item]:

@@ -32,10 +32,11 @@ def file_size(uri: str) -> int:
     return found[0].size_in_bytes
 
 
-def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES) -> bytes:
-    """Whole file; refuses (with a quarantine reason) files over ``max_bytes`` before reading them."""
+def read_bytes(uri: str, max_bytes: int = DEFAULT_MAX_FILE_BYTES, size: int | None = None) -> bytes:
+    """Whole file; refuses (with a quarantine reason) files over ``max_bytes`` before reading them. ``size``, when
+    the caller already knows it from a listing, saves a metadata call."""
     try:
-        size = file_size(uri)
+        size = file_size(uri) if size is None else size
     except Exception as exc:  # noqa: BLE001 - any filesystem failure is the same for the item
         raise QuarantineError("missing_file", "source file cannot be found or opened") from exc
     if size > max_bytes:
@@ -67,18 +68,26 @@ def exists(uri: str) -> bool:
     return FileSystems.exists(uri)
 
 
-def match(root: str, pattern: str) -> list[str]:
-    """Files under ``root`` matching a glob relative to it (``**`` crosses folders), sorted for determinism."""
+def match_sizes(root: str, pattern: str) -> list[tuple[str, int]]:
+    """(path, bytes) of the files under ``root`` matching a glob relative to it (``**`` crosses folders), sorted."""
     root = root.rstrip("/")
     if "**" in pattern:
         # Beam's glob does not cross folders with **; list everything below root and filter by pattern.
         results = FileSystems.match([root + "/**"])[0].metadata_list
-        candidates = [m.path for m in results]
-        rel = [(p, posixpath.relpath(p.replace(os.sep, "/"), root.replace(os.sep, "/"))) for p in candidates]
         pat = pattern[3:] if pattern.startswith("**/") else pattern
-        return sorted(p for p, r in rel if fnmatch.fnmatch(r, pattern) or fnmatch.fnmatch(posixpath.basename(r), pat))
+        out = []
+        for m in results:
+            rel = posixpath.relpath(m.path.replace(os.sep, "/"), root.replace(os.sep, "/"))
+            if fnmatch.fnmatch(rel, pattern) or fnmatch.fnmatch(posixpath.basename(rel), pat):
+                out.append((m.path, m.size_in_bytes))
+        return sorted(out)
     results = FileSystems.match([join(root, pattern)])[0].metadata_list
-    return sorted(m.path for m in results)
+    return sorted((m.path, m.size_in_bytes) for m in results)
+
+
+def match(root: str, pattern: str) -> list[str]:
+    """Files under ``root`` matching a glob relative to it (``**`` crosses folders), sorted for determinism."""
+    return [path for path, _ in match_sizes(root, pattern)]
 
 
 def relpath(uri: str, root: str) -> str:

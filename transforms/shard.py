@@ -9,6 +9,11 @@ Products and their shard sets. Every sample of a shard set has the same member s
                    structure, possibly zero of them), txt
 Shards are ``shards/<product>/<split>-NNNNNN.tar``. Keys are ``SampleKey`` strings (no dots).
 
+Memory: payloads never cross a shuffle. The encode stage writes each sample's tar member blocks to a part file
+(``_parts/`` under the output folder) and passes on only (key, size, catalog row); the plan and the shard grouping
+move that metadata; each shard writer streams its parts into the tar. A worker holds one sample at a time, so memory
+stays flat in the number of samples on every runner, the in-memory DirectRunner included.
+
 Determinism: members are encoded canonically (sorted-key JSON, ``np.save``, PNG without timestamps); a plan sorts
 each (product, split) group by key and packs it greedily under the size and count limits, so the same samples give
 the same shards on any runner; tar headers carry a fixed mtime, owner and mode. Per shard the tar is written first,
@@ -19,11 +24,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import tarfile
 from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
-import webdataset as wds
 from PIL import Image
 
 from medcurate.schemas.records import QuarantineError, Sample
@@ -31,6 +36,7 @@ from medcurate.schemas.sample import SchemaViolation, dumps, rows_to_table, vali
 from medcurate.transforms.io import HashingWriter, join, write_bytes
 
 TAR_MTIME = 1577836800  # 2020-01-01T00:00:00Z, fixed for reproducible tars
+PARTS_DIR = "_parts"  # per-sample tar blocks between encoding and shard writing; removed as shards are written
 PRODUCT_MEMBERS = {
     "volume": ("json", "npy", "txt"),
     "volume_seg": ("json", "npy", "seg.npy", "txt"),
@@ -247,27 +253,79 @@ def plan_shards(group: tuple, max_bytes: int, max_count: int) -> list[tuple[str,
     return plan
 
 
+@dataclass(frozen=True)
+class Part:
+    """One shard sample's tar member blocks, already written to a part file: only this metadata is shuffled."""
+
+    product: str
+    split: str
+    key: str
+    size: int  # bytes of the member blocks
+    path: str  # the part file, relative to the output folder
+    row: dict  # catalog row without the shard location
+
+
+def tar_blocks(key: str, members: dict) -> bytes:
+    """The tar member blocks of one sample (header block, data, zero padding to 512 bytes, per member in name
+    order), as Python's tarfile writes them in a USTAR archive; concatenating samples and adding the end-of-archive
+    marker gives a valid tar that webdataset reads."""
+    out = bytearray()
+    for suffix in sorted(members):
+        data = bytes(members[suffix])
+        info = tarfile.TarInfo(f"{key}.{suffix}")
+        info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o444
+        info.uname = info.gname = "medcurate"
+        out += info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+        out += data
+        out += b"\0" * (-len(data) % tarfile.BLOCKSIZE)
+    return bytes(out)
+
+
+def tar_trailer(length: int) -> bytes:
+    """End-of-archive (two zero blocks) and padding to a whole record, as tarfile closes an archive."""
+    end = length + 2 * tarfile.BLOCKSIZE
+    return b"\0" * (2 * tarfile.BLOCKSIZE + (-end % tarfile.RECORDSIZE))
+
+
+def part_path(shard_sample: ShardSample) -> str:
+    return f"{PARTS_DIR}/{shard_sample.product}/{shard_sample.key}.tarpart"
+
+
+def encode_parts(sample: Sample, out_dir: str) -> list[Part]:
+    """Fan a sample out to shard samples and write each one's tar blocks to a part file under the output folder."""
+    parts = []
+    for s in to_shard_samples(sample):
+        blob = tar_blocks(s.key, s.members)
+        rel = part_path(s)
+        write_bytes(join(out_dir, rel), blob)
+        row = {**s.row, "members": [f"{s.key}.{m}" for m in sorted(s.members)], "bytes": s.size}
+        parts.append(Part(s.product, s.split, s.key, len(blob), rel, row))
+    return parts
+
+
 def write_shard(group: tuple, out_dir: str) -> tuple[dict, list[dict]]:
-    """(shard path, [ShardSample]) -> (shard index entry, catalog rows). Tar, then Parquet, then stats."""
-    shard, samples = group
-    samples = sorted(samples, key=lambda s: s.key)
-    with_uri = join(out_dir, shard)
+    """(shard path, [Part]) -> (shard index entry, catalog rows). The tar is the parts in key order plus the tar
+    trailer, streamed (one part in memory at a time); then the shard's Parquet; then its stats JSON, the "done"
+    marker; then the parts are deleted."""
     from apache_beam.io.filesystems import FileSystems
 
-    rows = []
-    stream = FileSystems.create(with_uri, mime_type="application/x-tar")
+    shard, parts = group
+    parts = sorted(parts, key=lambda p: p.key)
+    uri = join(out_dir, shard)
+    stream = FileSystems.create(uri, mime_type="application/x-tar")
     hashing = HashingWriter(stream)
-    with wds.TarWriter(hashing, encoder=False, mtime=TAR_MTIME, user="medcurate", group="medcurate") as tar:
-        for s in samples:
-            tar.write({"__key__": s.key, **s.members})
-            rows.append({**s.row, "shard": shard, "members": [f"{s.key}.{m}" for m in sorted(s.members)],
-                         "bytes": s.size})
+    rows = []
+    for part in parts:
+        with FileSystems.open(join(out_dir, part.path), compression_type="uncompressed") as f:
+            hashing.write(f.read())
+        rows.append({**part.row, "shard": shard})
+    hashing.write(tar_trailer(hashing.bytes))
     stream.close()
-    product, split = samples[0].product, samples[0].split
-    entry = {"shard": shard, "product": product, "split": split, "samples": len(samples), "bytes": hashing.bytes,
-             "sha256": hashing.sha256}
+    entry = {"shard": shard, "product": parts[0].product, "split": parts[0].split, "samples": len(parts),
+             "bytes": hashing.bytes, "sha256": hashing.sha256}
     buf = io.BytesIO()
     pq.write_table(rows_to_table(rows), buf, compression="zstd")
-    write_bytes(with_uri[: -len(".tar")] + ".parquet", buf.getvalue())
-    write_bytes(with_uri[: -len(".tar")] + ".stats.json", (json.dumps(entry, sort_keys=True) + "\n").encode())
+    write_bytes(uri[: -len(".tar")] + ".parquet", buf.getvalue())
+    write_bytes(uri[: -len(".tar")] + ".stats.json", (json.dumps(entry, sort_keys=True) + "\n").encode())
+    FileSystems.delete([join(out_dir, p.path) for p in parts])
     return entry, rows

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional
 
@@ -30,6 +31,10 @@ PROJECTION_MODALITIES = {"CR", "DX", "MG", "XA", "RF", "IO", "PX", "OT", "SC", "
 ORIENTATION_TOL = 1e-4
 SPACING_REL_TOL = 0.01
 SPACING_ABS_TOL = 0.01  # mm
+READ_THREADS = 2
+
+
+NATIVE_LITTLE_ENDIAN = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1"}
 
 
 @dataclass
@@ -37,6 +42,7 @@ class Instance:
     item: Item
     sha256: str
     header: pydicom.Dataset  # without PixelData
+    pixel_offset: Optional[int] = None  # file position of the PixelData value (native data fast path)
 
     def quarantine_identity(self) -> dict:
         return {"dataset": self.item.dataset, "key": None, "units": 1, "source_sha256": (self.sha256,)}
@@ -75,7 +81,7 @@ def _floats(value, n: int) -> Optional[tuple]:
 def read_header(item: Item, ctx: Context) -> tuple:
     """One file -> (group key, Instance). Raises QuarantineError for files that cannot be an image."""
     recipe = ctx.recipe(item.dataset)
-    data = read_bytes(item.uri, recipe.max_file_bytes)
+    data = read_bytes(item.uri, recipe.max_file_bytes, item.size)
     sha = sha256_bytes(data)
     try:
         ds = _parse(data, stop_before_pixels=False)
@@ -92,6 +98,7 @@ def read_header(item: Item, ctx: Context) -> tuple:
             {"modality": modality[:16]},
             source_sha256=(sha,),
         )
+    offset = getattr(ds["PixelData"], "file_tell", None) if "PixelData" in ds else None
     for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"):
         if tag in ds:
             del ds[tag]
@@ -104,58 +111,93 @@ def read_header(item: Item, ctx: Context) -> tuple:
         group = ctx.pseudo.digest("sample", item.dataset, "file", relpath(item.uri, recipe.root))
     else:
         group = ctx.pseudo.digest("sample", item.dataset, "series", study, series)
-    return group, Instance(item, sha, ds)
+    return group, Instance(item, sha, ds, offset)
 
 
-def _decode(instance: Instance, recipe_max_bytes: int) -> tuple[pydicom.Dataset, np.ndarray]:
-    data = read_bytes(instance.item.uri, recipe_max_bytes)
+def _transfer_syntax(ds: pydicom.Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(getattr(meta, "TransferSyntaxUID", "") or "") if meta is not None else ""
+
+
+def _check_decoder(ts: str) -> None:
+    from pydicom.pixels import get_decoder
+
     try:
-        ds = _parse(data, stop_before_pixels=False)
-    except TruncatedFile:
-        raise QuarantineError("truncated_file", "DICOM file ends before its data elements do") from None
-    ts = str(getattr(ds.file_meta, "TransferSyntaxUID", "") or "") if hasattr(ds, "file_meta") else ""
-    try:
-        from pydicom.pixels import get_decoder
-
         decoder = get_decoder(ts) if ts else None
-        if decoder is not None and not decoder.is_available:
-            raise QuarantineError(
-                "unsupported_transfer_syntax",
-                "no installed pixel decoder handles this transfer syntax",
-                {"transfer_syntax": ts},
-            )
     except NotImplementedError as exc:
         raise QuarantineError(
             "unsupported_transfer_syntax", "no pixel decoder exists for this transfer syntax", {"transfer_syntax": ts}
         ) from exc
+    if decoder is not None and not decoder.is_available:
+        raise QuarantineError(
+            "unsupported_transfer_syntax", "no installed pixel decoder handles this transfer syntax",
+            {"transfer_syntax": ts},
+        )
+
+
+def _decode(instance: Instance, recipe_max_bytes: int) -> np.ndarray:
+    """Pixels of one instance, decoded straight from the file's bytes with pydicom's pixel backend (no second
+    parse of the data set; the header read at grouping time already holds every other attribute)."""
+    from pydicom.pixels import pixel_array
+
+    data = read_bytes(instance.item.uri, recipe_max_bytes, instance.item.size)
+    native = _native_pixels(instance, data)
+    if native is not None:
+        return native
+    ts = _transfer_syntax(instance.header)
+    _check_decoder(ts)
     try:
-        pixels = ds.pixel_array
+        try:
+            return pixel_array(io.BytesIO(data))
+        except (InvalidDicomError, AttributeError, KeyError):
+            # no file meta (implicit files without preamble): decode through a full parse instead
+            return _parse(data, stop_before_pixels=False).pixel_array
+    except TruncatedFile:
+        raise QuarantineError("truncated_file", "DICOM file ends before its data elements do") from None
     except QuarantineError:
         raise
     except Exception as exc:  # noqa: BLE001 - decoders raise assorted errors on corrupt streams
         raise QuarantineError(
             "pixel_decode_failed", "pixel data could not be decoded", {"transfer_syntax": ts, "error": type(exc).__name__}
         ) from exc
-    return ds, pixels
+
+
+def _native_pixels(instance: Instance, data: bytes) -> Optional[np.ndarray]:
+    """Uncompressed little-endian, one frame, one sample, bits stored = bits allocated (8 or 16): the pixel values
+    are the PixelData bytes themselves, viewed where the header parse found them. None for anything else, which
+    goes through pydicom's pixel backend (the test suite holds both equal on pydicom's test files)."""
+    ds = instance.header
+    if instance.pixel_offset is None or _transfer_syntax(ds) not in NATIVE_LITTLE_ENDIAN:
+        return None
+    bits = int(ds.get("BitsAllocated", 0) or 0)
+    if (bits not in (8, 16) or int(ds.get("BitsStored", 0) or 0) != bits or int(ds.get("SamplesPerPixel", 1) or 1) != 1
+            or int(ds.get("NumberOfFrames", 1) or 1) != 1
+            or str(ds.get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2")):
+        return None
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    dtype = np.dtype(("<i" if int(ds.get("PixelRepresentation", 0) or 0) else "<u") + str(bits // 8))
+    count = rows * cols
+    if count == 0 or instance.pixel_offset + count * dtype.itemsize > len(data):
+        return None
+    return np.frombuffer(data, dtype=dtype, count=count, offset=instance.pixel_offset).reshape(rows, cols)
+
+
+def _rescale_params(ds: pydicom.Dataset) -> tuple[float, float]:
+    return float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0)
 
 
 def _rescale(ds: pydicom.Dataset, pixels: np.ndarray) -> tuple[np.ndarray, bool]:
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    """Modality LUT (Rescale Slope/Intercept). Integer slope and intercept stay in integers (CT in HU as int16
+    when it fits); otherwise float32."""
+    slope, intercept = _rescale_params(ds)
     if slope == 1 and intercept == 0:
         return pixels, False
-    return pixels.astype(np.float64) * slope + intercept, True
-
-
-def _to_compact(values: np.ndarray) -> np.ndarray:
-    """int16 when every value is an integer in range (CT in HU), else float32; unscaled integer data unchanged."""
-    if values.dtype.kind in "iu":
-        return values
-    if np.all(np.isfinite(values)) and np.all(values == np.round(values)):
-        lo, hi = values.min(initial=0), values.max(initial=0)
-        if -32768 <= lo and hi <= 32767:
-            return values.astype(np.int16)
-    return values.astype(np.float32)
+    if slope.is_integer() and intercept.is_integer() and pixels.dtype.kind in "iu":
+        values = pixels.astype(np.int32) * int(slope) + int(intercept)
+        if values.size == 0 or (-32768 <= values.min() and values.max() <= 32767):
+            return values.astype(np.int16), True
+        return values, True
+    return (pixels.astype(np.float32) * np.float32(slope) + np.float32(intercept)), True
 
 
 def _sample_key(group: str, dataset: str) -> SampleKey:
@@ -185,7 +227,8 @@ def assemble(group: tuple, ctx: Context) -> Sample:
 
 
 def _assemble_2d(inst: Instance, key: SampleKey, recipe, hashes: tuple) -> Sample:
-    ds, pixels = _decode(inst, recipe.max_file_bytes)
+    ds = inst.header
+    pixels = _decode(inst, recipe.max_file_bytes)
     photometric = str(ds.get("PhotometricInterpretation", "") or "")
     meta: dict = {"photometric": photometric}
     if pixels.ndim == 3 and photometric in ("MONOCHROME1", "MONOCHROME2"):
@@ -199,14 +242,13 @@ def _assemble_2d(inst: Instance, key: SampleKey, recipe, hashes: tuple) -> Sampl
             pixels = pixels.max() + pixels.min() - pixels
         meta["inverted_monochrome1"] = True
     values, rescaled = _rescale(ds, pixels) if pixels.ndim == 2 else (pixels, False)
-    values = _to_compact(values) if rescaled else values
     spacing = _floats(ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing"), 2)
     if spacing:
         meta["pixel_spacing_mm"] = list(spacing)
     meta["rescaled"] = rescaled
     return Sample(
-        key=key, dataset=recipe.id, kind="image", meta=meta, image=np.ascontiguousarray(values),
-        header=_strip_pixels(ds), source_sha256=hashes, units=1,
+        key=key, dataset=recipe.id, kind="image", meta=meta, image=np.array(values, order="C"),
+        header=ds, source_sha256=hashes, units=1,
     )
 
 
@@ -252,17 +294,23 @@ def _assemble_volume(instances, key: SampleKey, recipe, hashes: tuple, fail) -> 
     spacing = _floats(instances[0].header.get("PixelSpacing"), 2)
     if not spacing:
         raise fail("missing_geometry", "PixelSpacing is missing")
-    slices, rescaled_any, dss = [], False, []
-    for inst in instances:
-        ds, pixels = _decode(inst, recipe.max_file_bytes)
-        if pixels.ndim != 2:
+    rows, cols = int(instances[0].header.Rows), int(instances[0].header.Columns)
+
+    def decode(inst):
+        pixels = _decode(inst, recipe.max_file_bytes)
+        if pixels.ndim != 2 or pixels.shape != (rows, cols):
             raise fail("unexpected_dimensions", "a slice of a volume is not a single grey-scale frame")
-        values, rescaled = _rescale(ds, pixels)
-        rescaled_any |= rescaled
-        slices.append(values)
-        dss.append(ds)
-    stack = np.stack([s.T for s in slices], axis=2)  # [i=col, j=row, k]
-    volume = _to_compact(stack) if rescaled_any else stack
+        return _rescale(inst.header, pixels)
+
+    volume, rescaled_any = None, False
+    with ThreadPoolExecutor(READ_THREADS) as pool:  # file reads and copies release the GIL
+        for k, (values, rescaled) in enumerate(pool.map(decode, instances)):
+            rescaled_any |= rescaled
+            if volume is None:
+                volume = np.empty((n, rows, cols), dtype=values.dtype)  # slices written whole; viewed as [i,j,k]
+            elif np.result_type(volume.dtype, values.dtype) != volume.dtype:
+                volume = volume.astype(np.result_type(volume.dtype, values.dtype))  # rare: a wider type needed
+            volume[k] = values
     affine = np.eye(4)
     affine[:3, 0] = row_dir * spacing[1]  # i: along a row, column spacing
     affine[:3, 1] = col_dir * spacing[0]  # j: down a column, row spacing
@@ -271,6 +319,6 @@ def _assemble_volume(instances, key: SampleKey, recipe, hashes: tuple, fail) -> 
     tilt = float(np.degrees(np.arccos(np.clip(abs(step @ normal) / np.linalg.norm(step), -1, 1)))) if n > 1 else 0.0
     meta = {"slices": n, "rescaled": rescaled_any, "gantry_tilt_deg": round(tilt, 3)}
     return Sample(
-        key=key, dataset=recipe.id, kind="volume", meta=meta, image=np.ascontiguousarray(volume),
-        affine=affine, header=_strip_pixels(dss[0]), source_sha256=hashes, units=n,
+        key=key, dataset=recipe.id, kind="volume", meta=meta, image=volume.transpose(2, 1, 0),
+        affine=affine, header=instances[0].header, source_sha256=hashes, units=n,
     )
