@@ -111,8 +111,7 @@ def _metrics_table(result) -> list[tuple[str, str, int]]:
     return sorted((s, n, v) for (s, n), v in totals.items())
 
 
-STAGE_ORDER = ["discover", "read-dicom-header", "read-dicom-series", "read-nifti", "read-image", "read-other",
-               "deidentify", "harmonize", "resample", "drr", "caption", "encode"]
+STAGE_ORDER = ["discover", "read-index", "read", "deidentify", "harmonize", "resample", "drr", "caption", "encode"]
 
 
 def _print_summary(log, summary: dict, metrics: list, seconds: float) -> bool:

@@ -121,7 +121,7 @@ class Curate(beam.PTransform):
 
 def run_pipeline(config: RunConfig):
     """Build and run; returns (PipelineResult, summary dict read back from the output)."""
-    pipeline = beam.Pipeline(options=config.pipeline_options())
+    pipeline = beam.Pipeline(runner=config.runner(), options=config.pipeline_options())
     _ = pipeline | "curate" >> Curate(config)
     result = pipeline.run()
     result.wait_until_finish()

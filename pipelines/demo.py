@@ -132,22 +132,24 @@ def _uid(*parts) -> str:
     return generate_uid(prefix=None, entropy_srcs=["medcurate-demo", *map(str, parts)])
 
 
-def write_ct_dicom(root: str, hu: np.ndarray, affine: np.ndarray, corpus: Corpus) -> None:
+def write_ct_dicom(root: str, hu: np.ndarray, affine: np.ndarray, corpus: Corpus, copy: int = 0) -> None:
+    """The CT as a DICOM series; ``copy`` > 0 makes another patient's series (other UIDs, ids and folder)."""
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.sequence import Sequence
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 
     p = CT_PATIENT
-    series_dir = os.path.join(root, "DOE_JANE", "CT_CHEST")
+    series_dir = os.path.join(root, "DOE_JANE" + (f"_{copy}" if copy else ""), "CT_CHEST")
     os.makedirs(series_dir, exist_ok=True)
     ni, nj, nk = hu.shape
-    study_uid, series_uid, for_uid = _uid("study"), _uid("series"), _uid("for")
+    tag = f"-{copy}" if copy else ""
+    study_uid, series_uid, for_uid = _uid("study" + tag), _uid("series" + tag), _uid("for" + tag)
     rng = np.random.default_rng(SEED)
     file_order = rng.permutation(nk)
     row_dir, col_dir = affine[:3, 0] / np.linalg.norm(affine[:3, 0]), -affine[:3, 1] / np.linalg.norm(affine[:3, 1])
     spacing = [float(np.linalg.norm(affine[:3, 1])), float(np.linalg.norm(affine[:3, 0]))]
     for k in range(nk):
-        sop_uid = _uid("sop", k)
+        sop_uid = _uid("sop" + tag, k)
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = CTImageStorage
         meta.MediaStorageSOPInstanceUID = sop_uid
@@ -157,7 +159,7 @@ def write_ct_dicom(root: str, hu: np.ndarray, affine: np.ndarray, corpus: Corpus
         ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, sop_uid
         ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, for_uid
         ds.Modality, ds.BodyPartExamined, ds.Manufacturer = "CT", "CHEST", "DemoVendor"
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate = p["name"], p["id"], p["birth"]
+        ds.PatientName, ds.PatientID, ds.PatientBirthDate = p["name"], p["id"] + tag, p["birth"]
         ds.PatientSex, ds.PatientAge = p["sex"], p["age"]
         ds.StudyDate = ds.SeriesDate = ds.AcquisitionDate = ds.ContentDate = p["study_date"]
         ds.StudyTime = ds.SeriesTime = "101530"

@@ -1,7 +1,8 @@
 """Run options: medcurate's own flags are parsed here; every other flag goes to Beam untouched.
 
 ``--runner``, ``--direct_num_workers``, ``--direct_running_mode``, Dataflow/Flink/Spark options, ``--setup_file``:
-all pass through. With no ``--runner`` the DirectRunner is used.
+all pass through. With no ``--runner`` the local runner is Beam's FnApiRunner (the DirectRunner's own engine, built
+as the DirectRunner builds it), so a local run never tries to download the Prism runner.
 """
 from __future__ import annotations
 
@@ -55,7 +56,24 @@ class RunConfig:
     beam_args: list = field(default_factory=list)
 
     def pipeline_options(self) -> PipelineOptions:
-        args = list(self.beam_args)
-        if not any(a == "--runner" or a.startswith("--runner=") for a in args):
-            args.append("--runner=DirectRunner")
-        return PipelineOptions(args)
+        return PipelineOptions(list(self.beam_args))
+
+    def runner(self):
+        """The runner named by ``--runner``; without one, Beam's FnApiRunner, the engine the DirectRunner itself
+        runs. (Beam 2.6x+'s DirectRunner first tries to download the Prism runner binary from GitHub: a network
+        fetch at run time, and another runner when it succeeds. Naming the FnApiRunner avoids both.)"""
+        if any(a == "--runner" or a.startswith("--runner=") for a in self.beam_args):
+            return None  # Beam resolves it from the options
+        return local_runner(self.pipeline_options())
+
+
+def local_runner(options: PipelineOptions):
+    """FnApiRunner with the pipeline options in its provision info, as the DirectRunner builds it; honours
+    --direct_num_workers and --direct_running_mode (in_memory, multi_threading, multi_processing)."""
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=info)

@@ -200,6 +200,18 @@ def test_run_refuses_without_a_key_and_protects_existing_outputs(subset, tmp_pat
     assert run_cli(["run", subset[0], "--out", out, "--key-file", key_file, "--limit", "2", "--overwrite"]) == 0
 
 
+def test_default_runner_is_the_local_fn_api_runner_and_runner_flags_pass_through(key):
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+
+    from medcurate.pipelines.options import RunConfig
+
+    local = RunConfig(recipes=[], out="o", key=key, beam_args=["--direct_num_workers=2"])
+    assert isinstance(local.runner(), fn_runner.FnApiRunner)
+    assert local.pipeline_options().get_all_options()["direct_num_workers"] == 2
+    remote = RunConfig(recipes=[], out="o", key=key, beam_args=["--runner=DataflowRunner", "--project=p"])
+    assert remote.runner() is None and remote.pipeline_options().get_all_options()["project"] == "p"
+
+
 def test_demo_command_end_to_end(tmp_path, capsys):
     out = str(tmp_path / "demo-out")
     assert run_cli(["demo", "--out", out, "--limit", "2"]) == 0

@@ -59,6 +59,8 @@ def identity_of(element: Any) -> dict:
     if isinstance(element, tuple) and len(element) == 2 and hasattr(element[1], "__iter__"):
         # A grouped element (group key, members): the members carry the identity.
         members = list(element[1])
+        if len(members) == 1:
+            return identity_of(members[0])
         ids = [identity_of(m) for m in members]
         return {
             "dataset": ids[0]["dataset"] if ids else "unknown",
@@ -82,7 +84,7 @@ def quarantine_record(stage: str, element: Any, exc: Exception, derived: bool = 
         hashes = try_sha256(ident["item"].uri)
     return QuarantineRecord(
         dataset=ident["dataset"],
-        stage=stage,
+        stage=getattr(exc, "stage", None) or stage,
         reason=reason,
         message=message,
         source_sha256=tuple(hashes or ()),

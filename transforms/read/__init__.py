@@ -1,5 +1,15 @@
-"""Read: items -> samples. DICOM files are read header-first and grouped into series; NIfTI and 2D images are
-read one item at a time; rows without files, companions without images and unknown formats are quarantined."""
+"""Read: items -> samples.
+
+Two steps, for every kind of item:
+1. ``index``: each item gets a group key. DICOM files are parsed header-first (no pixel decoding) and keyed by
+   study and series; every other item is its own group.
+2. after one GroupByKey of that small metadata, ``build`` assembles a group into a sample: a DICOM series (or
+   single image), a NIfTI volume, a 2D image with its row and report; rows without files, companions without
+   images and unknown formats are quarantined.
+Payloads are created only in ``build``, which fuses with the stages after it, so no runner ever buffers decoded
+images between stages (a Flatten of sample PCollections would make the in-memory DirectRunner hold them all).
+Quarantine records keep the specific stage: read-dicom-header, read-dicom-series, read-nifti, read-image, read-other.
+"""
 from __future__ import annotations
 
 import apache_beam as beam
@@ -7,11 +17,9 @@ import apache_beam as beam
 from medcurate.schemas.records import Item, QuarantineError
 from medcurate.transforms.common import Bound, Stage
 from medcurate.transforms.context import Context
-from medcurate.transforms.read.dicom import assemble, read_header
+from medcurate.transforms.read.dicom import Instance, assemble, read_header
 from medcurate.transforms.read.image2d import read_image
 from medcurate.transforms.read.nifti import read_nifti
-
-KINDS = ("dicom", "nifti", "image", "other")
 
 
 def reject(item: Item, ctx: Context):
@@ -23,10 +31,33 @@ def reject(item: Item, ctx: Context):
     raise QuarantineError("unknown_format", "file type is not handled by this adapter")
 
 
-def _kind_index(item: Item, n: int) -> int:
-    if item.kind in ("image", "duplicate-rows"):
-        return KINDS.index("image")
-    return KINDS.index(item.kind) if item.kind in KINDS else KINDS.index("other")
+READERS = {"nifti": ("read-nifti", read_nifti), "image": ("read-image", read_image),
+           "duplicate-rows": ("read-image", read_image)}
+
+
+def _in_stage(stage: str, fn, *args):
+    try:
+        return fn(*args)
+    except QuarantineError as exc:
+        exc.stage = stage
+        raise
+
+
+def index(item: Item, ctx: Context) -> tuple:
+    """Item -> (group key, member): DICOM headers grouped by series, anything else alone."""
+    if item.kind == "dicom":
+        return _in_stage("read-dicom-header", read_header, item, ctx)
+    return ctx.pseudo.digest("item", item.dataset, item.kind, item.uri), item
+
+
+def build(group: tuple, ctx: Context):
+    key, members = group
+    members = list(members)
+    if isinstance(members[0], Instance):
+        return _in_stage("read-dicom-series", assemble, (key, members), ctx)
+    item = members[0]
+    stage, reader = READERS.get(item.kind, ("read-other", reject))
+    return _in_stage(stage, reader, item, ctx)
 
 
 class Read(beam.PTransform):
@@ -37,14 +68,7 @@ class Read(beam.PTransform):
         self.ctx = ctx
 
     def expand(self, items):
-        parts = items | "by-kind" >> beam.Partition(_kind_index, len(KINDS))
-        dicom, nifti, image, other = (parts[i] for i in range(len(KINDS)))
-        headers, q_header = dicom | "dicom-header" >> Stage("read-dicom-header", Bound(read_header, self.ctx))
-        series = headers | "group-series" >> beam.GroupByKey()
-        volumes, q_series = series | "dicom-series" >> Stage("read-dicom-series", Bound(assemble, self.ctx))
-        niftis, q_nifti = nifti | "nifti" >> Stage("read-nifti", Bound(read_nifti, self.ctx))
-        images, q_image = image | "image" >> Stage("read-image", Bound(read_image, self.ctx))
-        _, q_other = other | "other" >> Stage("read-other", Bound(reject, self.ctx))
-        samples = (volumes, niftis, images) | "samples" >> beam.Flatten()
-        quarantine = (q_header, q_series, q_nifti, q_image, q_other) | "quarantine" >> beam.Flatten()
-        return samples, quarantine
+        keyed, q_index = items | "index" >> Stage("read-index", Bound(index, self.ctx))
+        groups = keyed | "group" >> beam.GroupByKey()
+        samples, q_build = groups | "build" >> Stage("read", Bound(build, self.ctx))
+        return samples, (q_index, q_build) | "quarantine" >> beam.Flatten()

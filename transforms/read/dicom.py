@@ -67,7 +67,16 @@ def _parse(data: bytes, stop_before_pixels: bool) -> pydicom.Dataset:
                 raise
     if any("End of file reached" in str(w.message) for w in caught) or len(ds) == 0:
         raise TruncatedFile()
-    return ds
+    return _detached(ds)
+
+
+def _detached(ds: pydicom.Dataset) -> pydicom.Dataset:
+    """A plain Dataset with the file meta: pydicom's FileDataset keeps the whole source buffer (``.buffer``), which
+    would travel with every pickled header through the grouping shuffle."""
+    plain = pydicom.Dataset(ds)
+    if getattr(ds, "file_meta", None) is not None:
+        plain.file_meta = ds.file_meta
+    return plain
 
 
 def _floats(value, n: int) -> Optional[tuple]:
