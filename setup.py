@@ -42,6 +42,8 @@ setup(
         "pylibjpeg>=2.0",
         "pylibjpeg-libjpeg>=2.1",
         "pylibjpeg-openjpeg>=2.3",
+        "python-gdcm>=3.0.24",
+        "highdicom>=0.23",
         "nibabel>=5.2",
         "SimpleITK>=2.3",
         "numpy>=1.26",

@@ -21,9 +21,16 @@ OUR_OUTPUTS = ("shards", "catalog", "quarantine", "logs", "summary.json", "_part
 
 
 def _quiet_beam_logging() -> None:
+    """Libraries log per-file problems (with tracebacks) that medcurate reports as quarantine records instead."""
+    import warnings
+
     logging.getLogger().setLevel(logging.WARNING)
     for name in ("apache_beam", "root"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    for name in ("pydicom", "nibabel", "nibabel.global", "highdicom", "presidio-analyzer", "PIL"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    for module in ("pydicom", "nibabel", "highdicom", "PIL"):
+        warnings.filterwarnings("ignore", module=module)
 
 
 class _LogCollector(logging.Handler):

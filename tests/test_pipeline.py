@@ -18,7 +18,7 @@ from tests.conftest import TEST_KEY, recipe_by_name, run_cli
 EXPECTED_REASONS = {
     ("read-dicom-header", "no_pixel_data"), ("read-dicom-header", "truncated_file"),
     ("read-dicom-series", "pixel_decode_failed"), ("deidentify", "burned_in_text_risk"),
-    ("read-nifti", "unsupported_4d"), ("read-image", "corrupt_image"), ("read-image", "unlabeled_image"),
+    ("read-volume", "unsupported_4d"), ("read-image", "corrupt_image"), ("read-image", "unlabeled_image"),
     ("read-other", "missing_file"), ("read-other", "orphan_report"),
 }
 
@@ -42,7 +42,7 @@ def test_run_succeeds_and_reconciles(demo_run):
     assert all(d["reconciled"] for d in summary["datasets"].values())
     reasons = {(q["stage"], q["reason"]) for q in summary["quarantine_by_reason"]}
     assert reasons == EXPECTED_REASONS
-    assert summary["unmapped_values"] == {"modality=RTDOSE": 1}
+    assert summary["unmapped_values"] == {}
 
 
 def test_quarantine_records_say_why_without_identifiers(demo_run):

@@ -15,7 +15,7 @@ from medcurate.schemas import recipe as recipe_mod
 from medcurate.schemas.records import Item, QuarantineError
 from medcurate.transforms.discover import discover
 from medcurate.transforms.read.image2d import decode_image, read_image
-from medcurate.transforms.read.nifti import read_nifti
+from medcurate.transforms.read.volume import read_volume
 from tests.conftest import make_context, recipe_by_name
 
 
@@ -34,7 +34,7 @@ def _recipe_ctx(corpus, name, pseudo):
 def test_nifti_ct_with_mask_matches_simpleitk(corpus, pseudo):
     recipe, ctx = _recipe_ctx(corpus, "ct-nifti", pseudo)
     (item,) = list(discover(recipe))
-    sample = read_nifti(item, ctx)
+    (sample,) = read_volume(item, ctx)
     ref = sitk.ReadImage(item.uri)  # SimpleITK works in LPS, like medcurate
     np.testing.assert_array_equal(sample.image, sitk.GetArrayFromImage(ref).transpose(2, 1, 0))
     np.testing.assert_allclose(sample.affine, sitk_affine(ref), atol=1e-4)
@@ -50,12 +50,12 @@ def test_nifti_ct_with_mask_matches_simpleitk(corpus, pseudo):
 def test_nibabel_anatomical_matches_simpleitk(corpus, pseudo):
     recipe, ctx = _recipe_ctx(corpus, "nibabel", pseudo)
     items = {os.path.basename(i.uri): i for i in discover(recipe)}
-    sample = read_nifti(items["anatomical.nii"], ctx)
+    (sample,) = read_volume(items["anatomical.nii"], ctx)
     ref = sitk.ReadImage(items["anatomical.nii"].uri)
     np.testing.assert_allclose(sample.image, sitk.GetArrayFromImage(ref).transpose(2, 1, 0))
     np.testing.assert_allclose(sample.affine, sitk_affine(ref), atol=1e-4)
     with pytest.raises(QuarantineError) as err:
-        read_nifti(items["example4d.nii.gz"], ctx)
+        read_volume(items["example4d.nii.gz"], ctx)
     assert err.value.reason == "unsupported_4d"
 
 
@@ -71,7 +71,7 @@ def test_label_mask_on_another_grid_is_quarantined(corpus, tmp_path, pseudo):
                     "labels": "labelsTr/{name}"}}, base_dir=str(root))
     (item,) = list(discover(recipe))
     with pytest.raises(QuarantineError) as err:
-        read_nifti(item, make_context([recipe], pseudo))
+        read_volume(item, make_context([recipe], pseudo))
     assert err.value.reason == "label_geometry_mismatch" and len(err.value.source_sha256) == 2
 
 
@@ -125,7 +125,10 @@ def test_duplicate_label_rows_are_quarantined(tmp_path, pseudo):
                     "labels_csv": "labels.csv", "columns": {"image": "file", "labels": "label"}}},
         base_dir=str(tmp_path))
     (item,) = list(discover(recipe))
+    assert item.kind == "duplicate-rows"
+    from medcurate.transforms.read import build
+
     with pytest.raises(QuarantineError) as err:
-        read_image(item, make_context([recipe], pseudo))
-    assert err.value.reason == "duplicate_label_rows"
+        build(("g", [item]), make_context([recipe], pseudo))
+    assert err.value.reason == "duplicate_label_rows" and err.value.stage == "read-other"
     assert isinstance(item, Item)

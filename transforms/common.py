@@ -170,5 +170,7 @@ class Bound:
 
     def __call__(self, element):
         out = self.fn(element, self.ctx)
-        if out is not None:
+        if isinstance(out, list):  # several outputs (a series that splits into samples, with records)
+            yield from out
+        elif out is not None:
             yield out

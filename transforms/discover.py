@@ -1,14 +1,31 @@
 """Discover: recipe -> items. Every file the adapter's patterns match becomes an item, and so does every label row
 that points to a missing file and every companion (label mask, report) with no image: nothing is dropped here,
 the read stage quarantines what cannot be used, so ``discovered = written + quarantined`` holds in items.
+
+Adapters (``source.adapter``):
+- ``dicom-folder``: every file under ``root`` matching ``pattern`` (default ``**/*``).
+- ``nifti-folder``: volumes matching ``images`` (NIfTI ``.nii``/``.nii.gz``; NRRD ``.nrrd``/``.nhdr``, MetaImage
+  ``.mha``/``.mhd`` and Analyze/NIfTI pairs ``.hdr``+``.img`` through SimpleITK), masks by the ``labels`` pattern,
+  names from ``structures_csv``.
+- ``msd``: a Medical Segmentation Decathlon task: ``dataset.json`` lists training images with labels and test
+  images; multi-channel 4D images are split into one sample per channel named by its ``modality`` entry.
+- ``nnunet``: an nnU-Net raw dataset: ``imagesTr/<case>_<XXXX><ending>`` channels, ``labelsTr/<case><ending>``,
+  ``imagesTs``; names from ``dataset.json`` (``channel_names``/``modality``, ``labels``, ``file_ending``).
+- ``totalsegmentator``: one folder per subject with ``ct.nii.gz`` and ``segmentations/<structure>.nii.gz``.
+- ``image-csv``: 2D images (PNG, JPEG, TIFF) matching ``images`` with a label table row each (ChestX-ray14-like).
+Any adapter can take a label table (``labels_csv`` or ``labels_json`` with ``columns``; rows are matched on
+``columns.image`` against an item's file name, stem, or case/subject id) and reports (``reports`` pattern with
+``{name}``, ``{stem}``, ``{case}`` or ``{study}``, or a ``columns.report`` text column).
 """
 from __future__ import annotations
 
 import csv
 import io
+import json
 import posixpath
+import re
 from collections import defaultdict
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 
@@ -17,27 +34,112 @@ from medcurate.schemas.records import Item, QuarantineRecord
 from medcurate.transforms.common import QUARANTINE, counter
 from medcurate.transforms.io import match, match_sizes, read_bytes
 
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr")
+DATA_SUFFIXES = (".raw.gz", ".raw", ".zraw", ".img.gz", ".img")  # detached data of .mhd/.nhdr/.hdr headers
+KNOWN_SUFFIXES = VOLUME_SUFFIXES + DATA_SUFFIXES + (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".txt", ".json")
 
 
 def _stem(path: str) -> str:
     name = posixpath.basename(path)
-    for suffix in (".nii.gz", ".nii", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".txt"):
+    for suffix in sorted(KNOWN_SUFFIXES, key=len, reverse=True):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name.rsplit(".", 1)[0]
 
 
+def _is_volume(path: str) -> bool:
+    return path.lower().endswith(VOLUME_SUFFIXES) and not posixpath.basename(path).startswith("._")
+
+
 def _pattern_to_glob(pattern: str) -> str:
-    return pattern.replace("{name}", "*").replace("{stem}", "*")
+    return re.sub(r"\{[a-z]+\}", "*", pattern)
 
 
-def _companion(recipe: Recipe, pattern: str, image_uri: str) -> str:
+def _companion(recipe: Recipe, pattern: str, image_uri: str, **fields) -> str:
     name = posixpath.basename(image_uri)
-    return recipe.path(pattern.format(name=name, stem=_stem(image_uri)))
+    return recipe.path(pattern.format(name=name, stem=_stem(image_uri), **{"case": _stem(image_uri), **fields}))
 
 
-def discover_dicom(recipe: Recipe, limit: int | None) -> Iterator[Item]:
+def _sized(files: list) -> dict:
+    return dict(files)
+
+
+# -- label tables -------------------------------------------------------------------------------------------------
+def _read_rows(recipe: Recipe) -> list[dict]:
+    src = recipe.source
+    if "labels_json" in src:
+        doc = json.loads(read_bytes(recipe.path(src["labels_json"])).decode("utf-8-sig"))
+        image_col = src.get("columns", {}).get("image", "image")
+        if isinstance(doc, dict):
+            return [{image_col: k, **{str(a): _cell(b) for a, b in v.items()}} for k, v in doc.items()]
+        return [{str(a): _cell(b) for a, b in row.items()} for row in doc]
+    text = read_bytes(recipe.path(src["labels_csv"])).decode("utf-8-sig")
+    delimiter = src.get("csv_delimiter")
+    if not delimiter:
+        first = text.split("\n", 1)[0]
+        delimiter = ";" if first.count(";") > first.count(",") else ("\t" if "\t" in first else ",")
+    return list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+
+
+def _cell(value) -> str:
+    if isinstance(value, list):
+        return "|".join(str(v) for v in value)
+    return "" if value is None else str(value)
+
+
+class Rows:
+    """A recipe's label table indexed by ``columns.image``; items look their row up by several names."""
+
+    def __init__(self, recipe: Recipe):
+        self.by_name: dict[str, list[dict]] = defaultdict(list)
+        self.used: set[str] = set()
+        self.present = "labels_csv" in recipe.source or "labels_json" in recipe.source
+        if self.present:
+            column = recipe.source["columns"]["image"]
+            for row in _read_rows(recipe):
+                self.by_name[(row.get(column) or "").strip()].append(row)
+
+    def lookup(self, *names: str) -> tuple[tuple, bool]:
+        """(row as sorted pairs or (), whether several rows name it)."""
+        for name in names:
+            rows = self.by_name.get(name)
+            if rows:
+                self.used.add(name)
+                if len(rows) > 1:
+                    return (), True
+                return tuple(sorted((k, v if v is not None else "") for k, v in rows[0].items())), False
+        return (), False
+
+    def unused(self) -> list[tuple[str, dict]]:
+        return [(name, row) for name in sorted(self.by_name) if name not in self.used for row in self.by_name[name]]
+
+
+def _with_row(recipe: Recipe, rows: Rows, item: Item, *names: str) -> Item:
+    row, duplicated = rows.lookup(*names)
+    kind = "duplicate-rows" if duplicated else item.kind
+    companions = list(item.companions)
+    reports = recipe.source.get("reports")
+    if reports:
+        study = dict(row).get(recipe.source.get("columns", {}).get("study", ""), "")
+        companions.append(("report", _companion(recipe, reports, item.uri, case=names[-1] if names else "",
+                                                study=study)))
+    return Item(item.dataset, kind, item.uri, tuple(companions), row, item.units, item.size, item.info)
+
+
+def _missing_rows(recipe: Recipe, rows: Rows, base: str) -> Iterator[Item]:
+    for name, row in rows.unused():
+        uri = posixpath.join(base, name) if name else base  # where the row says the file is; never written
+        yield Item(recipe.id, "missing", uri, row=tuple(sorted((k, v or "") for k, v in row.items())))
+
+
+def _orphans(recipe: Recipe, candidates: list, used: set, role: str) -> Iterator[Item]:
+    for uri, size in candidates:
+        if uri not in used:
+            yield Item(recipe.id, "orphan", uri, companions=(("role", role),), size=size)
+
+
+# -- adapters -----------------------------------------------------------------------------------------------------
+def discover_dicom(recipe: Recipe, limit: Optional[int]) -> Iterator[Item]:
     files = match_sizes(recipe.root, recipe.source.get("pattern", "**/*"))
     if limit:
         # Series usually live one per folder: a limit keeps whole folders so it does not cut series short.
@@ -49,83 +151,191 @@ def discover_dicom(recipe: Recipe, limit: int | None) -> Iterator[Item]:
         yield Item(recipe.id, "dicom", uri, size=size)
 
 
-def discover_nifti(recipe: Recipe, limit: int | None) -> Iterator[Item]:
-    images = [f for f in match(recipe.root, recipe.source["images"]) if f.lower().endswith(NIFTI_SUFFIXES)]
-    others = [f for f in match(recipe.root, recipe.source["images"]) if not f.lower().endswith(NIFTI_SUFFIXES)]
-    labels_pattern = recipe.source.get("labels")
-    structures = recipe.source.get("structures_csv")
+def _data_companions(files: list) -> tuple[dict, set]:
+    """Header files (.mhd, .nhdr, .hdr) -> their detached data file (same stem, same folder)."""
+    by_stem = {(posixpath.dirname(u), _stem(u)): u for u, _ in files if u.lower().endswith(DATA_SUFFIXES)}
+    pairs = {}
+    for uri, _ in files:
+        if uri.lower().endswith((".mhd", ".nhdr", ".hdr")):
+            data = by_stem.get((posixpath.dirname(uri), _stem(uri)))
+            if data:
+                pairs[uri] = data
+    return pairs, set(pairs.values())
+
+
+def discover_nifti(recipe: Recipe, limit: Optional[int]) -> Iterator[Item]:
+    src = recipe.source
+    files = match_sizes(recipe.root, src["images"])
+    pairs, data_files = _data_companions(files)
+    volumes = [(u, s) for u, s in files if _is_volume(u)]
+    others = [(u, s) for u, s in files if not _is_volume(u) and u not in data_files]
+    if limit:
+        volumes, others = volumes[:limit], others[: max(0, limit - len(volumes))]
+    rows = Rows(recipe)
+    labels_pattern, structures = src.get("labels"), src.get("structures_csv")
     used_labels: set[str] = set()
-    for uri in images[:limit] if limit else images:
+    for uri, size in volumes:
         companions = []
+        if uri in pairs:
+            companions.append(("data", pairs[uri]))
         if labels_pattern:
             label_uri = _companion(recipe, labels_pattern, uri)
             companions.append(("label", label_uri))
             used_labels.add(label_uri)
         if structures:
             companions.append(("structures", recipe.path(structures)))
-        yield Item(recipe.id, "nifti", uri, companions=tuple(companions))
-    for uri in others[:limit] if limit else others:
-        yield Item(recipe.id, "unknown", uri)
-    if labels_pattern and not limit:
-        for label_uri in match(recipe.root, _pattern_to_glob(labels_pattern)):
-            if label_uri not in used_labels:
-                yield Item(recipe.id, "orphan", label_uri, companions=(("role", "label"),))
-
-
-def _read_table(recipe: Recipe) -> list[dict]:
-    data = read_bytes(recipe.path(recipe.source["labels_csv"]))
-    text = data.decode("utf-8-sig")
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-def discover_image_csv(recipe: Recipe, limit: int | None) -> Iterator[Item]:
-    columns = recipe.source["columns"]
-    rows = _read_table(recipe)
-    by_name: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_name[(row.get(columns["image"]) or "").strip()].append(row)
-    images = match(recipe.root, recipe.source["images"])
-    if limit:
-        images = images[:limit]
-    reports = recipe.source.get("reports")
-    seen: set[str] = set()
-    for uri in images:
-        name = posixpath.basename(uri)
-        seen.add(name)
-        companions = (("report", _companion(recipe, reports, uri)),) if reports else ()
-        matched = by_name.get(name, [])
-        row = tuple(sorted((k, v if v is not None else "") for k, v in matched[0].items())) if len(matched) == 1 else ()
-        kind = "image" if len(matched) <= 1 else "duplicate-rows"
-        yield Item(recipe.id, kind, uri, companions=companions, row=row)
+        item = Item(recipe.id, "volume", uri, tuple(companions), size=size)
+        yield _with_row(recipe, rows, item, posixpath.basename(uri), _stem(uri))
+    for uri, size in others:
+        yield Item(recipe.id, "unknown", uri, size=size)
     if limit:
         return
-    base = posixpath.dirname(images[0]) if images else recipe.root
-    for name in sorted(by_name):
-        if name not in seen:
-            for row in by_name[name]:
-                # The uri is where the row says the file is; it is never written anywhere.
-                uri = posixpath.join(base, name) if name else base
-                yield Item(recipe.id, "missing", uri, row=tuple(sorted((k, v or "") for k, v in row.items())))
-    if reports:
-        stems = {_stem(n) for n in seen}
+    if labels_pattern:
+        yield from _orphans(recipe, match_sizes(recipe.root, _pattern_to_glob(labels_pattern)), used_labels, "label")
+    yield from _missing_rows(recipe, rows, recipe.root)
+
+
+def _dataset_json(recipe: Recipe) -> dict:
+    return json.loads(read_bytes(recipe.path(recipe.source.get("dataset_json", "dataset.json"))).decode("utf-8-sig"))
+
+
+def _label_names(doc: dict) -> dict:
+    """dataset.json labels, as MSD ({"1": "liver"}) or nnU-Net v2 ({"liver": 1}) write them."""
+    names = {}
+    for a, b in (doc.get("labels") or {}).items():
+        if str(a).isdigit():
+            names[int(a)] = str(b)
+        elif isinstance(b, int) or str(b).isdigit():
+            names[int(b)] = str(a)
+    return {k: v for k, v in names.items() if k != 0}
+
+
+def _channels(doc: dict) -> dict:
+    raw = doc.get("channel_names") or doc.get("modality") or {}
+    return {int(k): str(v) for k, v in raw.items() if str(k).isdigit()}
+
+
+def _info(doc: dict, **extra) -> tuple:
+    info = {"label_names": json.dumps(_label_names(doc), sort_keys=True),
+            "channels": json.dumps(_channels(doc), sort_keys=True), **extra}
+    return tuple(sorted(info.items()))
+
+
+def discover_msd(recipe: Recipe, limit: Optional[int]) -> Iterator[Item]:
+    doc = _dataset_json(recipe)
+    sizes = _sized(match_sizes(recipe.root, "**/*"))
+    rows = Rows(recipe)
+    listed: set[str] = set()
+    entries = [(e["image"], e.get("label")) for e in doc.get("training", [])]
+    entries += [(e if isinstance(e, str) else e["image"], None) for e in doc.get("test", [])]
+    if limit:
+        entries = entries[:limit]
+    for image, label in entries:
+        uri = recipe.path(image)
+        listed.add(uri)
+        companions = []
+        if label:
+            label_uri = recipe.path(label)
+            listed.add(label_uri)
+            companions.append(("label", label_uri))
+        if uri not in sizes:
+            yield Item(recipe.id, "missing", uri, info=(("listed_in", "dataset.json"),))
+            continue
+        item = Item(recipe.id, "volume", uri, tuple(companions), size=sizes[uri],
+                    info=_info(doc, split_4d="channels"))
+        yield _with_row(recipe, rows, item, posixpath.basename(uri), _stem(uri))
+    if limit:
+        return
+    for folder, role in (("imagesTr", "image"), ("imagesTs", "image"), ("labelsTr", "label")):
+        candidates = [(u, s) for u, s in match_sizes(recipe.root, f"{folder}/*")]
+        yield from _orphans(recipe, candidates, listed, role)
+    yield from _missing_rows(recipe, rows, recipe.root)
+
+
+def discover_nnunet(recipe: Recipe, limit: Optional[int]) -> Iterator[Item]:
+    doc = _dataset_json(recipe)
+    ending = doc.get("file_ending", ".nii.gz")
+    channel_re = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending) + "$")
+    channels = _channels(doc)
+    rows = Rows(recipe)
+    used_labels: set[str] = set()
+    count = 0
+    for folder, labelled in (("imagesTr", True), ("imagesTs", False)):
+        for uri, size in match_sizes(recipe.root, f"{folder}/*"):
+            m = channel_re.match(posixpath.basename(uri))
+            if not m:
+                yield Item(recipe.id, "unknown", uri, size=size)
+                continue
+            if limit and count >= limit:
+                return
+            count += 1
+            case, channel = m.group("case"), int(m.group("channel"))
+            companions = []
+            if labelled:
+                label_uri = recipe.path(f"labelsTr/{case}{ending}")
+                companions.append(("label", label_uri))
+                used_labels.add(label_uri)
+            item = Item(recipe.id, "volume", uri, tuple(companions), size=size,
+                        info=_info(doc, case=case, channel=channels.get(channel, f"channel {channel}")))
+            yield _with_row(recipe, rows, item, posixpath.basename(uri), case)
+    yield from _orphans(recipe, match_sizes(recipe.root, "labelsTr/*"), used_labels, "label")
+    yield from _missing_rows(recipe, rows, recipe.root)
+
+
+def discover_totalsegmentator(recipe: Recipe, limit: Optional[int]) -> Iterator[Item]:
+    image_name = recipe.source.get("images", "ct.nii.gz")
+    rows = Rows(recipe)
+    subjects = sorted({posixpath.dirname(u) for u, _ in match_sizes(recipe.root, "**/*")
+                       if posixpath.basename(u) == image_name})
+    sizes = _sized(match_sizes(recipe.root, f"*/{image_name}"))
+    for n, folder in enumerate(subjects):
+        if limit and n >= limit:
+            return
+        uri = posixpath.join(folder, image_name)
+        subject = posixpath.basename(folder)
+        item = Item(recipe.id, "volume", uri, (("structure-dir", posixpath.join(folder, "segmentations")),),
+                    size=sizes.get(uri), info=(("case", subject),))
+        yield _with_row(recipe, rows, item, subject)
+    if not limit:
+        yield from _missing_rows(recipe, rows, recipe.root)
+
+
+def discover_image_csv(recipe: Recipe, limit: Optional[int]) -> Iterator[Item]:
+    rows = Rows(recipe)
+    images = match_sizes(recipe.root, recipe.source["images"])
+    if limit:
+        images = images[:limit]
+    seen: set[str] = set()
+    for uri, size in images:
+        name = posixpath.basename(uri)
+        seen.add(_stem(uri))
+        yield _with_row(recipe, rows, Item(recipe.id, "image", uri, size=size), name, _stem(uri))
+    if limit:
+        return
+    yield from _missing_rows(recipe, rows, posixpath.dirname(images[0][0]) if images else recipe.root)
+    reports = recipe.source.get("reports")
+    if reports and "{study}" not in reports:
         for uri in match(recipe.root, _pattern_to_glob(reports)):
-            if _stem(uri) not in stems:
+            if _stem(uri) not in seen:
                 yield Item(recipe.id, "orphan", uri, companions=(("role", "report"),))
 
 
 ADAPTERS = {
     "dicom-folder": discover_dicom,
     "nifti-folder": discover_nifti,
+    "msd": discover_msd,
+    "nnunet": discover_nnunet,
+    "totalsegmentator": discover_totalsegmentator,
     "image-csv": discover_image_csv,
 }
 
 
-def discover(recipe: Recipe, limit: int | None = None) -> Iterable[Item]:
+def discover(recipe: Recipe, limit: Optional[int] = None) -> Iterable[Item]:
     return ADAPTERS[recipe.source["adapter"]](recipe, limit)
 
 
 class _DiscoverFn(beam.DoFn):
-    def __init__(self, limit: int | None):
+    def __init__(self, limit: Optional[int]):
         self.limit = limit
 
     def setup(self):
@@ -156,7 +366,7 @@ class _DiscoverFn(beam.DoFn):
 class Discover(beam.PTransform):
     """Recipes -> (items, quarantine)."""
 
-    def __init__(self, recipes: list[Recipe], limit: int | None = None):
+    def __init__(self, recipes: list, limit: Optional[int] = None):
         super().__init__()
         self.recipes = recipes
         self.limit = limit

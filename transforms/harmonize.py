@@ -62,6 +62,14 @@ def geometry(image: np.ndarray, affine, unit: str, pixel_spacing=None) -> dict:
     return geo
 
 
+OFFICIAL_SPLITS = {"train": "train", "training": "train", "tr": "train", "val": "val", "valid": "val",
+                   "validation": "val", "dev": "val", "test": "test", "testing": "test", "ts": "test"}
+
+
+def official_split(raw) -> str | None:
+    return OFFICIAL_SPLITS.get(str(raw or "").strip().lower())
+
+
 def assign_split(patient_id: str, ctx: Context) -> str:
     """Deterministic patient-level split: every sample of a patient lands in the same split, on any worker."""
     u = ctx.pseudo.unit_interval("split", patient_id)
@@ -136,10 +144,17 @@ class Harmonize:
             {sample.label_names.get(int(v), f"label_{int(v)}") for v in np.unique(sample.label) if v != 0}
         ) if sample.label is not None else []
 
-        if modality == "CT" and sample.kind == "volume":
+        if meta.get("intensity_unit"):
+            unit = str(meta.pop("intensity_unit"))  # from the reader, e.g. an RT dose grid in GY
+        elif modality == "CT" and sample.kind == "volume":
             unit = "HU"
         else:
             unit = "a.u."
+        raw_split = meta.pop("source_split", None)
+        official = official_split(raw_split)
+        if raw_split and official is None:
+            unmapped["split"] = str(raw_split)[:32]
+        split = official or assign_split(meta["patient_id"], self.ctx)
         self._unmapped.inc(len(unmapped))
         meta.update(
             schema_version=SCHEMA_VERSION,
@@ -159,7 +174,8 @@ class Harmonize:
             labels=labels,
             labels_raw=label_raw,
             structures=structures,
-            split=assign_split(meta["patient_id"], self.ctx),
+            split=split,
+            split_source="official" if official else "patient-hash",
             license=recipe.dataset["license"],
             redistributable=bool(recipe.dataset.get("redistributable", False)),
             original=geometry(sample.image, sample.affine, unit, meta.get("pixel_spacing_mm")),

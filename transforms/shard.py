@@ -37,6 +37,10 @@ from medcurate.transforms.io import HashingWriter, join, write_bytes
 
 TAR_MTIME = 1577836800  # 2020-01-01T00:00:00Z, fixed for reproducible tars
 PARTS_DIR = "_parts"  # per-sample tar blocks between encoding and shard writing; removed as shards are written
+READ_FACTS = ("slices", "rescaled", "gantry_tilt_deg", "photometric", "inverted_monochrome1", "report_missing",
+              "burned_in_risk", "duplicates_merged", "split_by", "interpolated_slices", "uneven_spacing",
+              "multiframe", "segmentation", "overlapping_segments", "not_closed_planar", "off_slice", "channel",
+              "volume_index", "split_4d")
 PRODUCT_MEMBERS = {
     "volume": ("json", "npy", "txt"),
     "volume_seg": ("json", "npy", "seg.npy", "txt"),
@@ -122,6 +126,7 @@ def base_row(sample: Sample, product: str, key: str) -> dict:
         "study_id": m.get("study_id"),
         "series_id": m.get("series_id"),
         "split": m["split"],
+        "split_source": m.get("split_source"),
         "modality": m.get("modality"),
         "modality_raw": m.get("modality_raw"),
         "body_part": m.get("body_part"),
@@ -162,19 +167,17 @@ def base_row(sample: Sample, product: str, key: str) -> dict:
 def _record(row: dict, sample: Sample, extra: dict) -> bytes:
     """The JSON member: the catalog row plus what only the record carries (header, de-id summary, report)."""
     header = sample.header if isinstance(sample.header, dict) else None
-    is_nifti = header is not None and "format" in header
+    is_file = header is not None and "format" in header
     doc = {
         **row,
         "labels": dict(row["labels"]) if row["labels"] else None,
         "deid": sample.meta.get("deid"),
-        "dicom": header if header is not None and not is_nifti else None,
-        "nifti": header if is_nifti else None,
+        "dicom": header if header is not None and not is_file else None,
+        "file_header": header if is_file else None,
         "report": sample.text.get("report"),
         "unmapped": sample.meta.get("unmapped") or {},
         "vocabularies": sample.meta.get("vocabularies"),
-        "read": {k: sample.meta[k] for k in ("slices", "rescaled", "gantry_tilt_deg", "photometric",
-                                             "inverted_monochrome1", "report_missing", "burned_in_risk")
-                 if k in sample.meta},
+        "read": {k: sample.meta[k] for k in READ_FACTS if k in sample.meta},
         "captions": [c.to_dict() for c in sample.captions],
         **extra,
     }
@@ -243,8 +246,12 @@ def to_shard_samples(sample: Sample) -> list[ShardSample]:
 def plan_shards(group: tuple, max_bytes: int, max_count: int) -> list[tuple[str, str]]:
     """((product, split), [(key, size), ...]) -> [(key, shard path)], packed greedily in key order."""
     (product, split), entries = group
+    entries = sorted(entries)
+    keys = [k for k, _ in entries]
+    if len(set(keys)) != len(keys):  # keys identify samples; a collision would overwrite one with another
+        raise RuntimeError(f"duplicate sample keys in {product}/{split}: a pipeline bug, please report it")
     plan, index, used, count = [], 0, 0, 0
-    for key, size in sorted(entries):
+    for key, size in entries:
         if count and (count >= max_count or used + size > max_bytes):
             index, used, count = index + 1, 0, 0
         plan.append((key, f"shards/{product}/{split}-{index:06d}.tar"))

@@ -52,10 +52,8 @@ class Deidentify:
         recipe = self.ctx.recipe(sample.dataset)
         if sample.header is not None and hasattr(sample.header, "dir"):  # a pydicom Dataset
             yield self._dicom(sample, recipe)
-        elif sample.kind == "volume":
-            yield self._nifti(sample, recipe)
         else:
-            yield self._row(sample, recipe)
+            yield self._file(sample, recipe)
 
     def _dicom(self, sample: Sample, recipe) -> Sample:
         ds = sample.header
@@ -80,40 +78,43 @@ class Deidentify:
         private = {"identifiers": sorted(result.identifiers)}
         return sample.replace(header=to_json(ds), meta=meta, private=private)
 
-    def _nifti(self, sample: Sample, recipe) -> Sample:
+    def _file(self, sample: Sample, recipe) -> Sample:
+        """Files (volumes, 2D images): file-name words and header text join the deny-list and are never written;
+        the label-table row gives pseudonymous ids, a top-coded age and codes; reports are cleaned."""
         meta = dict(sample.meta)
         identifiers = set(sample.private.get("name_tokens", []))
         for text in sample.private.get("text", []):
             identifiers.update(t for t in re.split(r"[^A-Za-z0-9^]+", text) if len(t) >= 2)
-        meta["patient_id"] = self.ctx.pseudo.patient(recipe.patient_namespace, "file:" + sample.key.digest)
-        meta["study_id"] = None
-        meta["series_id"] = None
-        meta["deid"] = {"profile": "NIfTI: header text fields, extensions and file name dropped", "options": []}
-        return sample.replace(meta=meta, private={"identifiers": sorted(identifiers)})
-
-    def _row(self, sample: Sample, recipe) -> Sample:
-        meta = dict(sample.meta)
         row = dict(sample.private.get("row", ()))
         columns = recipe.source.get("columns", {})
         raw_patient = (row.get(columns.get("patient", ""), "") or "").strip()
-        identity = "id:" + raw_patient if raw_patient else "file:" + sample.key.digest
+        if raw_patient:
+            identity = "id:" + raw_patient
+            identifiers.add(raw_patient)
+        elif meta.get("case"):
+            identity = "case:" + str(meta["case"])  # one patient per case (nnU-Net channels, TotalSegmentator)
+        else:
+            identity = "file:" + sample.key.digest
+        meta.pop("case", None)
         meta["patient_id"] = self.ctx.pseudo.patient(recipe.patient_namespace, identity)
         study = (row.get(columns.get("study", ""), "") or "").strip()
         meta["study_id"] = "s" + self.ctx.pseudo.digest("study", recipe.id, study, length=20) if study else None
         meta["series_id"] = None
         if "age" in columns:
             meta["age_years"] = parse_age_years(row.get(columns["age"], ""))
-        for field in ("sex", "view", "labels"):
+        for field in ("sex", "view", "labels", "split"):
             if field in columns:
                 meta[f"source_{field}"] = (row.get(columns[field], "") or "").strip()
-        identifiers = {raw_patient} if raw_patient else set()
         text = dict(sample.text)
         entity_counts: Counter = Counter()
         report = sample.private.get("report")
+        if report is None and "report" in columns:
+            report = row.get(columns["report"]) or None
         if report is not None:
             text["report"], entity_counts = self.text.clean(report, deny=identifiers)
         meta["deid"] = {
-            "profile": "label row: pseudonymous patient id, top-coded age; report: presidio + deny-list",
+            "profile": "file name and header text dropped; label row: pseudonymous ids, top-coded age; "
+                       "report: presidio + deny-list",
             "options": [],
             "text_entities": dict(sorted(entity_counts.items())),
         }

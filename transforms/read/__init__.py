@@ -8,7 +8,7 @@ Two steps, for every kind of item:
    images and unknown formats are quarantined.
 Payloads are created only in ``build``, which fuses with the stages after it, so no runner ever buffers decoded
 images between stages (a Flatten of sample PCollections would make the in-memory DirectRunner hold them all).
-Quarantine records keep the specific stage: read-dicom-header, read-dicom-series, read-nifti, read-image, read-other.
+Quarantine records keep the specific stage: read-dicom-header, read-dicom-series, read-volume, read-image, read-other.
 """
 from __future__ import annotations
 
@@ -19,20 +19,24 @@ from medcurate.transforms.common import Bound, Stage
 from medcurate.transforms.context import Context
 from medcurate.transforms.read.dicom import Instance, assemble, read_header
 from medcurate.transforms.read.image2d import read_image
-from medcurate.transforms.read.nifti import read_nifti
+from medcurate.transforms.read.volume import read_volume
 
 
 def reject(item: Item, ctx: Context):
     role = item.companion("role") or "file"
     if item.kind == "missing":
-        raise QuarantineError("missing_file", "a label-table row names a file that does not exist", source_sha256=())
+        raise QuarantineError("missing_file", "a label table or dataset list names a file that does not exist",
+                              source_sha256=())
     if item.kind == "orphan":
         raise QuarantineError(f"orphan_{role}", f"{role} file has no matching image")
     raise QuarantineError("unknown_format", "file type is not handled by this adapter")
 
 
-READERS = {"nifti": ("read-nifti", read_nifti), "image": ("read-image", read_image),
-           "duplicate-rows": ("read-image", read_image)}
+def duplicate_rows(item: Item, ctx: Context):
+    raise QuarantineError("duplicate_label_rows", "more than one label-table row names this file")
+
+
+READERS = {"volume": ("read-volume", read_volume), "image": ("read-image", read_image)}
 
 
 def _in_stage(stage: str, fn, *args):
@@ -56,6 +60,8 @@ def build(group: tuple, ctx: Context):
     if isinstance(members[0], Instance):
         return _in_stage("read-dicom-series", assemble, (key, members), ctx)
     item = members[0]
+    if item.kind == "duplicate-rows":
+        return _in_stage("read-other", duplicate_rows, item, ctx)
     stage, reader = READERS.get(item.kind, ("read-other", reject))
     return _in_stage(stage, reader, item, ctx)
 

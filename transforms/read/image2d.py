@@ -49,9 +49,7 @@ def decode_image(data: bytes) -> np.ndarray:
 
 def read_image(item: Item, ctx: Context) -> Sample:
     recipe = ctx.recipe(item.dataset)
-    if item.kind == "duplicate-rows":
-        raise QuarantineError("duplicate_label_rows", "more than one label-table row names this image")
-    data = read_bytes(item.uri, recipe.max_file_bytes)
+    data = read_bytes(item.uri, recipe.max_file_bytes, item.size)
     hashes = [sha256_bytes(data)]
     if not item.row:
         raise QuarantineError("unlabeled_image", "image has no row in the label table", source_sha256=tuple(hashes))
