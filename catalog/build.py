@@ -5,7 +5,14 @@
 - ``shards/index.json`` and ``shards/index.parquet``: every shard with product, split, sample count, bytes, sha256.
 - ``quarantine/quarantine.jsonl`` and ``.parquet``: one record per input or derived product not written.
 - ``summary.json``: counts per stage outcome, per dataset/modality/split/product, reasons, unmapped values,
-  and the reconciliation ``discovered = written + quarantined`` (in discovered units).
+  the reconciliation ``discovered = written + quarantined`` (in discovered units), and the release gate's verdict.
+- ``audit/deid_audit.parquet``: per sample, the de-identification profile, table edition, options, tool version and
+  per-tag action counts (no values).
+- ``release_gate.json``: files and fingerprints scanned, and every hit by file, place and kind (never a value).
+- the linkage file, only when asked for, outside the output folder: AES-GCM-encrypted records, one per sample.
+
+``finalize`` renders these to bytes, runs the release gate over them (shards were scanned while being written),
+then writes them.
 """
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import json
 from collections import Counter, defaultdict
 
 import pyarrow.parquet as pq
+from apache_beam.io.filesystems import FileSystems
 
 from medcurate.schemas.sample import (
     CATALOG_SCHEMA,
@@ -38,37 +46,9 @@ def _parquet(table) -> bytes:
     return buf.getvalue()
 
 
-def write_catalog(rows: list[dict], out_dir: str) -> int:
-    rows = sorted(rows, key=lambda r: (r["key"]))
-    write_bytes(join(out_dir, CATALOG_PATH), _parquet(rows_to_table(rows, CATALOG_SCHEMA)))
-    return len(rows)
-
-
-def write_index(entries: list[dict], out_dir: str) -> int:
-    entries = sorted(entries, key=lambda e: e["shard"])
-    doc = {"schema_version": SCHEMA_VERSION, "shards": entries}
-    write_bytes(join(out_dir, INDEX_PATH), (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
-    write_bytes(join(out_dir, "shards/index.parquet"), _parquet(rows_to_table(entries, SHARD_INDEX_SCHEMA)))
-    return len(entries)
-
-
 def quarantine_rows(records) -> list[dict]:
     rows = [r.to_dict() for r in records]
     return sorted(rows, key=lambda r: (r["dataset"], r["stage"], r["reason"], r["source_sha256"], r["key"] or ""))
-
-
-def write_quarantine(records, out_dir: str) -> int:
-    rows = quarantine_rows(records)
-    text = "".join(dumps(r) + "\n" for r in rows)
-    write_bytes(join(out_dir, QUARANTINE_PATH), text.encode("utf-8"))
-    table_rows = [{**r, "detail": dumps(r["detail"])} for r in rows]
-    write_bytes(join(out_dir, "quarantine/quarantine.parquet"), _parquet(rows_to_table(table_rows, QUARANTINE_SCHEMA)))
-    return len(rows)
-
-
-def write_datasets(cards: list[dict], out_dir: str) -> None:
-    cards = sorted(cards, key=lambda c: c["dataset"]["id"])
-    write_bytes(join(out_dir, DATASETS_PATH), (json.dumps(cards, indent=1, sort_keys=True) + "\n").encode())
 
 
 def summarize(discovered: dict, rows: list[dict], quarantine: list) -> dict:
@@ -115,12 +95,90 @@ def summarize(discovered: dict, rows: list[dict], quarantine: list) -> dict:
     }
 
 
-def write_summary(summary: dict, out_dir: str) -> None:
-    write_bytes(join(out_dir, SUMMARY_PATH), (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode())
-
-
 def group_units(pairs) -> dict:
     out = defaultdict(int)
     for dataset, units in pairs:
         out[dataset] += units
     return dict(out)
+
+
+AUDIT_PATH = "audit/deid_audit.parquet"
+GATE_PATH = "release_gate.json"
+
+
+def _audit_table(audits: list):
+    import pyarrow as pa
+
+    from medcurate.schemas.sample import AUDIT_SCHEMA
+
+    rows = []
+    for a in sorted(audits, key=lambda a: a["key"]):
+        rows.append({
+            "key": a["key"], "dataset": a["dataset"], "source_sha256": a.get("source_sha256", []),
+            "method": a.get("method"), "profile": a.get("profile"), "table_edition": a.get("table_edition"),
+            "options": a.get("options", []), "tool": a.get("tool"),
+            "tag_actions": sorted((a.get("tag_actions") or {}).items()) or None,
+            "private_creators": a.get("private_creators", []),
+            "text_entities": sorted((a.get("text_entities") or {}).items()) or None,
+            "dates_unparsed": a.get("dates_unparsed"),
+            "header_text_fields_dropped": a.get("header_text_fields_dropped"),
+        })
+    return pa.Table.from_pylist(rows, schema=AUDIT_SCHEMA) if rows else AUDIT_SCHEMA.empty_table()
+
+
+def write_linkage(linkages: list, path: str) -> int:
+    """Encrypted linkage records (sample key, token) as JSON lines, behind a header line; outside the release."""
+    lines = [json.dumps({"format": "medcurate-linkage-v1", "cipher": "AES-256-GCM", "records": len(linkages)})]
+    lines += [json.dumps({"key": k, "record": t}) for k, t in sorted(linkages)]
+    write_bytes(path, ("\n".join(lines) + "\n").encode("utf-8"))
+    return len(linkages)
+
+
+def finalize(out_dir: str, cards: list, discovered: dict, results: list, quarantine: list, gate_key, table: dict,
+             linkage_out: str | None = None) -> dict:
+    """Write the catalog, index, quarantine, datasets, audit, summary and gate report; return the summary."""
+    from medcurate.transforms.deid.gate import Scanner
+
+    rows = [r for res in results for r in res["rows"]]
+    index = [res["entry"] for res in results]
+    audits = [a for res in results for a in res["audits"]]
+    linkages = [pair for res in results for pair in res["linkages"]]
+    outputs = {
+        CATALOG_PATH: _parquet(rows_to_table(sorted(rows, key=lambda r: r["key"]), CATALOG_SCHEMA)),
+        INDEX_PATH: (json.dumps({"schema_version": SCHEMA_VERSION, "shards": sorted(index, key=lambda e: e["shard"])},
+                                indent=1, sort_keys=True) + "\n").encode(),
+        "shards/index.parquet": _parquet(rows_to_table(sorted(index, key=lambda e: e["shard"]), SHARD_INDEX_SCHEMA)),
+        QUARANTINE_PATH: "".join(dumps(r) + "\n" for r in quarantine_rows(quarantine)).encode("utf-8"),
+        "quarantine/quarantine.parquet": _parquet(rows_to_table(
+            [{**r, "detail": dumps(r["detail"])} for r in quarantine_rows(quarantine)], QUARANTINE_SCHEMA)),
+        DATASETS_PATH: (json.dumps(sorted(cards, key=lambda c: c["dataset"]["id"]), indent=1, sort_keys=True)
+                        + "\n").encode(),
+        AUDIT_PATH: _parquet(_audit_table(audits)),
+    }
+    summary = summarize(discovered, rows, quarantine)
+    hits = [h for res in results for h in res["hits"]]
+    scanner = Scanner(gate_key, table)
+    for rel, data in sorted(outputs.items()):
+        hits += [{"file": rel, "where": where, "kind": kind} for where, kind in scanner.scan_file(rel, data)]
+    hits += [{"file": SUMMARY_PATH, "where": where, "kind": kind}
+             for where, kind in scanner.scan_file(SUMMARY_PATH, json.dumps(summary).encode())]
+    for entry in index:  # each shard's own Parquet and stats, read back as written
+        for rel in (entry["shard"][: -len(".tar")] + ".parquet", entry["shard"][: -len(".tar")] + ".stats.json"):
+            with FileSystems.open(join(out_dir, rel), compression_type="uncompressed") as f:
+                hits += [{"file": rel, "where": w, "kind": k} for w, k in scanner.scan_file(rel, f.read())]
+    hits = sorted({(h["file"], h["where"], h["kind"]) for h in hits})
+    gate = {
+        "passed": not hits,
+        "fingerprints": len(table),
+        "files_scanned": len(outputs) + 1 + 3 * len(index),
+        "hits": [{"file": f, "where": w, "kind": k} for f, w, k in hits],
+    }
+    summary["release_gate"] = {k: gate[k] for k in ("passed", "fingerprints", "files_scanned")} | {
+        "hits": len(hits)}
+    outputs[SUMMARY_PATH] = (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode()
+    outputs[GATE_PATH] = (json.dumps(gate, indent=1, sort_keys=True) + "\n").encode()
+    for rel, data in sorted(outputs.items()):
+        write_bytes(join(out_dir, rel), data)
+    if linkage_out:
+        write_linkage(linkages, linkage_out)
+    return summary

@@ -4,6 +4,8 @@
     medcurate demo --out DIR [--key-file KEY] [--keep-corpus DIR] [beam pipeline args]
     medcurate catalog query DIR [--where SQL] [--columns COLS] [--sql SQL] [--limit N] [--format table|csv|json]
     medcurate catalog stats DIR
+    medcurate scan-phi DIR (--identifiers FILE | RECIPE.yaml ... --key-file KEY)
+    medcurate linkage show FILE --linkage-key-file KEY
 
 Flags medcurate does not know are handed to Beam untouched (``--runner``, ``--direct_num_workers``, ...).
 """
@@ -17,7 +19,7 @@ import sys
 import time
 
 LOG_PATH = "logs/run.log"
-OUR_OUTPUTS = ("shards", "catalog", "quarantine", "logs", "summary.json", "_parts")
+OUR_OUTPUTS = ("shards", "catalog", "quarantine", "logs", "summary.json", "_parts", "audit", "release_gate.json")
 
 
 def _quiet_beam_logging() -> None:
@@ -170,9 +172,11 @@ def execute(recipes, out: str, key, args, beam_args, log, collector) -> int:
     from medcurate.pipelines.options import RunConfig
     from medcurate.transforms.io import join, read_bytes
 
+    linkage_key = _linkage_key(args, out)
     config = RunConfig(
         recipes=recipes, out=out, key=key, limit=args.limit, device=args.device, split_ratios=args.split_ratios,
         shard_max_bytes=args.shard_max_bytes, shard_max_count=args.shard_max_count, beam_args=beam_args,
+        linkage_out=args.linkage_out, linkage_key=linkage_key,
     )
     log.info(f"medcurate: {len(recipes)} dataset(s): {', '.join(r.id for r in recipes)}")
     start = time.time()
@@ -180,8 +184,42 @@ def execute(recipes, out: str, key, args, beam_args, log, collector) -> int:
     summary = json.loads(read_bytes(join(out, SUMMARY_PATH)))
     ok = _print_summary(log, summary, _metrics_table(result), time.time() - start)
     log.info(f"outputs: {out}/shards, {out}/catalog/catalog.parquet, {out}/quarantine, {out}/summary.json")
+    gate = summary.get("release_gate", {})
+    if gate.get("passed"):
+        log.info(f"release gate: {gate['files_scanned']} files scanned for {gate['fingerprints']} identifier "
+                 "fingerprints from the inputs: no hit")
+    else:
+        log.info(f"RELEASE GATE FAILED: {gate.get('hits')} place(s) in the outputs hold identifiers from the inputs; "
+                 f"see {out}/release_gate.json (files and kinds, never values). Do not release this output.")
+    if args.linkage_out:
+        log.info(f"linkage: encrypted linkage table written to {args.linkage_out} (outside the release)")
     _write_log(out, collector)
+    if not gate.get("passed"):
+        return 5
     return 0 if ok else 3
+
+
+def _linkage_key(args, out: str):
+    """The linkage encryption key (SHA-256 of the key file's content), only with --linkage-out."""
+    import hashlib
+
+    from medcurate.transforms.pseudonym import Secret
+
+    if not getattr(args, "linkage_out", None):
+        if getattr(args, "linkage_key_file", None):
+            raise SystemExit("error: --linkage-key-file needs --linkage-out")
+        return None
+    if not args.linkage_key_file:
+        raise SystemExit("error: --linkage-out needs --linkage-key-file (the table is always encrypted)")
+    target = os.path.abspath(args.linkage_out) if "://" not in args.linkage_out else args.linkage_out
+    base = os.path.abspath(out) if "://" not in out else out.rstrip("/")
+    if target == base or target.startswith(base.rstrip("/") + "/"):
+        raise SystemExit("error: --linkage-out must be outside --out: the linkage table is never part of a release")
+    with open(args.linkage_key_file, "rb") as f:
+        raw = f.read().strip()
+    if len(raw) < 32:
+        raise SystemExit("error: the linkage key must be at least 32 bytes")
+    return Secret(hashlib.sha256(raw).digest())
 
 
 def cmd_run(args, beam_args) -> int:
@@ -233,6 +271,49 @@ def cmd_demo(args, beam_args) -> int:
     return code
 
 
+def cmd_scan_phi(args, _beam_args) -> int:
+    """Scan an output folder for identifiers: a list given in a file, or those the recipes' inputs hold."""
+    import json as _json
+
+    from medcurate.catalog.scan import identifiers_from_file, identifiers_from_recipes, scan_folder
+
+    if args.identifiers:
+        identifiers = identifiers_from_file(args.identifiers)
+    elif args.recipes:
+        from medcurate.transforms.pseudonym import KeyProblem, load_key
+
+        try:
+            key = load_key(args.key_file)
+        except (KeyProblem, OSError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        identifiers = identifiers_from_recipes(_load_recipes(args.recipes), key)
+    else:
+        raise SystemExit("error: give --identifiers FILE, or recipes (with --key-file) to collect them from the inputs")
+    report = scan_folder(args.dir, identifiers)
+    print(_json.dumps({k: report[k] for k in ("files_scanned", "fingerprints")}))
+    for hit in report["hits"]:
+        print(f"HIT {hit['file']} [{hit['where']}]: a {hit['kind']} identifier")
+    print("no identifier found" if not report["hits"] else f"{len(report['hits'])} hit(s): do not release")
+    return 0 if not report["hits"] else 5
+
+
+def cmd_linkage(args, _beam_args) -> int:
+    import hashlib
+    import json as _json
+
+    from medcurate.transforms.deid import decrypt_linkage
+    from medcurate.transforms.pseudonym import Secret
+
+    with open(args.linkage_key_file, "rb") as f:
+        key = Secret(hashlib.sha256(f.read().strip()).digest())
+    with open(args.file, encoding="utf-8") as f:
+        header, *lines = f.read().splitlines()
+    for line in lines:
+        entry = _json.loads(line)
+        print(_json.dumps(decrypt_linkage(key, entry["record"]), sort_keys=True))
+    return 0
+
+
 def cmd_catalog(args, _beam_args) -> int:
     from medcurate.catalog.query import CatalogError, query, render, stats
 
@@ -274,6 +355,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
     st = csub.add_parser("stats", help="counts by dataset, modality, split, product, finding, quarantine reason")
     st.add_argument("dir")
+    scan = sub.add_parser("scan-phi", help="scan an output folder for identifiers (exit 5 on any hit)")
+    scan.add_argument("dir", help="a medcurate output folder")
+    scan.add_argument("recipes", nargs="*", help="recipes whose inputs hold the identifiers to look for")
+    scan.add_argument("--identifiers", help="a file of identifiers, one per line, optionally 'kind<TAB>value'")
+    scan.add_argument("--key-file", help="the pseudonymization key the run used (with recipes)")
+    link = sub.add_parser("linkage", help="read an encrypted linkage table")
+    lsub = link.add_subparsers(dest="linkage_command", required=True)
+    show = lsub.add_parser("show", help="decrypt and print the records as JSON lines")
+    show.add_argument("file")
+    show.add_argument("--linkage-key-file", required=True)
     return parser
 
 
@@ -281,9 +372,10 @@ def main(argv=None) -> int:
     _quiet_beam_logging()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command in ("catalog",) and rest:
+    if args.command in ("catalog", "scan-phi", "linkage") and rest:
         parser.error("unrecognized arguments: " + " ".join(rest))
-    handler = {"run": cmd_run, "demo": cmd_demo, "catalog": cmd_catalog}[args.command]
+    handler = {"run": cmd_run, "demo": cmd_demo, "catalog": cmd_catalog, "scan-phi": cmd_scan_phi,
+               "linkage": cmd_linkage}[args.command]
     return handler(args, rest)
 
 

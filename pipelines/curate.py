@@ -15,6 +15,7 @@ from medcurate.transforms.caption import CaptionStage
 from medcurate.transforms.common import Stage
 from medcurate.transforms.context import Context
 from medcurate.transforms.deid import Deidentify
+from medcurate.transforms.deid.gate import GateKey
 from medcurate.transforms.discover import Discover
 from medcurate.transforms.drr import ProjectDRR
 from medcurate.transforms.harmonize import Harmonize
@@ -36,7 +37,7 @@ def _assign(part, plan):
     return plan[part.key], part
 
 
-def _finalize(_, out_dir, cards, discovered, rows, index, quarantine):
+def _finalize(_, out_dir, cards, gate_key, linkage_out, discovered, results, quarantine, table):
     from apache_beam.io.filesystems import FileSystems
 
     from medcurate.transforms.io import join
@@ -45,13 +46,8 @@ def _finalize(_, out_dir, cards, discovered, rows, index, quarantine):
     parts = join(out_dir, PARTS_DIR)
     if FileSystems.exists(parts):  # written parts are deleted shard by shard; this removes the folders
         FileSystems.delete([parts])
-    catalog_build.write_catalog(rows, out_dir)
-    catalog_build.write_index(index, out_dir)
-    catalog_build.write_quarantine(quarantine, out_dir)
-    catalog_build.write_datasets(cards, out_dir)
-    summary = catalog_build.summarize(catalog_build.group_units(discovered), rows, quarantine)
-    catalog_build.write_summary(summary, out_dir)
-    yield summary
+    yield catalog_build.finalize(out_dir, cards, catalog_build.group_units(discovered), results, quarantine,
+                                 gate_key, table, linkage_out)
 
 
 class Curate(beam.PTransform):
@@ -65,6 +61,7 @@ class Curate(beam.PTransform):
             pseudo=Pseudonymizer(config.key),
             device=config.device,
             split_ratios=tuple(config.split_ratios),
+            options={"linkage_key": config.linkage_key} if config.linkage_key is not None else {},
         )
 
     def expand(self, pbegin):
@@ -84,14 +81,19 @@ class Curate(beam.PTransform):
             | "group-sizes" >> beam.GroupByKey()
             | "plan" >> beam.FlatMap(plan_shards, cfg.shard_max_bytes, cfg.shard_max_count)
         )
+        gate_key = GateKey.from_pseudonymizer(ctx.pseudo)
+        table = (
+            shard_samples
+            | "fingerprints" >> beam.FlatMap(lambda part: part.gate.items())
+            | "fingerprint-table" >> beam.combiners.ToDict()
+        )
         written = (
             shard_samples
             | "assign" >> beam.Map(_assign, plan=beam.pvalue.AsDict(plan))
             | "group-shards" >> beam.GroupByKey()
-            | "write-shards" >> beam.Map(write_shard, cfg.out)
+            | "write-shards" >> beam.Map(write_shard, cfg.out, gate_key, table=beam.pvalue.AsSingleton(table))
         )
-        rows = written | "rows" >> beam.FlatMap(lambda w: w[1]) | "all-rows" >> beam.combiners.ToList()
-        index = written | "entries" >> beam.Map(lambda w: w[0]) | "all-entries" >> beam.combiners.ToList()
+        results = written | "all-results" >> beam.combiners.ToList()
         quarantine = (
             (q_discover, q_read, q_deid, q_harm, q_res, q_drr, q_cap, q_enc)
             | "quarantine" >> beam.Flatten()
@@ -111,10 +113,12 @@ class Curate(beam.PTransform):
                 _finalize,
                 cfg.out,
                 cards,
+                gate_key,
+                cfg.linkage_out,
                 discovered=beam.pvalue.AsSingleton(discovered),
-                rows=beam.pvalue.AsSingleton(rows),
-                index=beam.pvalue.AsSingleton(index),
+                results=beam.pvalue.AsSingleton(results),
                 quarantine=beam.pvalue.AsSingleton(quarantine),
+                table=beam.pvalue.AsSingleton(table),
             )
         )
 

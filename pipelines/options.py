@@ -41,6 +41,9 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-max-bytes", type=int, default=DEFAULT_SHARD_MAX_BYTES)
     parser.add_argument("--shard-max-count", type=int, default=DEFAULT_SHARD_MAX_COUNT)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing medcurate output folder")
+    parser.add_argument("--linkage-out", help="write an encrypted linkage table (original ids -> pseudonyms, date "
+                        "offsets) to this file, outside --out; needs --linkage-key-file")
+    parser.add_argument("--linkage-key-file", help="file holding the linkage encryption key (32+ bytes)")
 
 
 @dataclass
@@ -54,6 +57,8 @@ class RunConfig:
     shard_max_bytes: int = DEFAULT_SHARD_MAX_BYTES
     shard_max_count: int = DEFAULT_SHARD_MAX_COUNT
     beam_args: list = field(default_factory=list)
+    linkage_out: str | None = None  # encrypted linkage file, outside the output folder
+    linkage_key: Secret | None = None
 
     def pipeline_options(self) -> PipelineOptions:
         return PipelineOptions(list(self.beam_args))

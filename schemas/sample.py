@@ -93,6 +93,25 @@ QUARANTINE_SCHEMA = pa.schema(
 )
 
 
+AUDIT_SCHEMA = pa.schema(
+    [
+        pa.field("key", _str, nullable=False),
+        pa.field("dataset", _str, nullable=False),
+        pa.field("source_sha256", pa.list_(_str)),
+        pa.field("method", _str),
+        pa.field("profile", _str),
+        pa.field("table_edition", _str),
+        pa.field("options", pa.list_(_str)),
+        pa.field("tool", _str),
+        pa.field("tag_actions", pa.map_(_str, pa.int64())),
+        pa.field("private_creators", pa.list_(_str)),
+        pa.field("text_entities", pa.map_(_str, pa.int64())),
+        pa.field("dates_unparsed", pa.int64()),
+        pa.field("header_text_fields_dropped", pa.int64()),
+    ]
+)
+
+
 class SchemaViolation(ValueError):
     def __init__(self, field: str, problem: str):
         super().__init__(f"{field}: {problem}")

@@ -67,7 +67,8 @@ def test_written_shard_reads_back_with_webdataset_and_tarfile(tmp_path):
         assert len(blob) % 512 == 0
         write_bytes(str(tmp_path / f"_parts/image/{key}.tarpart"), blob)
         parts.append(Part("image", "train", key, len(blob), f"_parts/image/{key}.tarpart", _row(key)))
-    entry, rows = write_shard(("shards/image/train-000000.tar", list(reversed(parts))), str(tmp_path))
+    result = write_shard(("shards/image/train-000000.tar", list(reversed(parts))), str(tmp_path))
+    entry, rows = result["entry"], result["rows"]
     path = tmp_path / "shards/image/train-000000.tar"
     assert entry["samples"] == 3 and entry["bytes"] == path.stat().st_size and entry["bytes"] % 10240 == 0
     assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()

@@ -105,7 +105,8 @@ def test_planted_identifiers_are_gone_everywhere_including_sequences_and_private
     assert codes[0] == "113100" and "113107" in codes and "113108" in codes
     assert ds.LongitudinalTemporalInformationModified == "MODIFIED"
     assert ds.PatientAge == "090Y" and ds.PatientSex == "M" and ds.Manufacturer == "Acme"
-    assert {"DOE^JOHN", "MRN998877", "A77123"} <= result.identifiers
+    assert {"DOE^JOHN", "MRN998877", "A77123"} <= set(result.identifiers)
+    assert result.identifiers["DOE^JOHN"] == "name" and result.identifiers["MRN998877"] == "id"
     assert "ACME 1.1" in result.unknown_private_creators
     for uid in (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, ds.FrameOfReferenceUID,
                 ds.ReferencedImageSequence[0].ReferencedSOPInstanceUID, ds.file_meta.MediaStorageSOPInstanceUID):
@@ -212,3 +213,20 @@ def test_burned_in_policy_inputs():
     flagged = make_ds()
     flagged.BurnedInAnnotation = "YES"
     assert burned_in_risk(flagged)
+
+
+def test_retain_safe_private_keeps_only_table_e3_10_1_attributes():
+    from medcurate.transforms.deid.dicom import safe_private
+
+    assert len(safe_private()) >= 80 and (0x0019, "GEMS_ACQU_01", 0x23) in safe_private()
+    ds = make_ds()
+    safe = ds.private_block(0x0019, "GEMS_ACQU_01", create=True)
+    safe.add_new(0x23, "DS", "39.375")  # Table Speed: in the safe list
+    safe.add_new(0x99, "LO", "DOE^JOHN")  # not in the list
+    deid(ds, options={**DEFAULT, "retain_safe_private": True})
+    kept = {(e.tag.group, e.tag.element & 0xFF) for e in ds if e.tag.is_private and e.tag.element >= 0x100}
+    assert (0x0019, 0x23) in kept and (0x0019, 0x99) not in kept
+    assert "secret private note" not in str(ds)
+    plain = make_ds()
+    deid(plain)
+    assert not any(e.tag.is_private for e in plain)

@@ -26,6 +26,7 @@ import io
 import json
 import tarfile
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -270,6 +271,9 @@ class Part:
     size: int  # bytes of the member blocks
     path: str  # the part file, relative to the output folder
     row: dict  # catalog row without the shard location
+    gate: dict = dataclasses.field(default_factory=dict)  # identifier fingerprints (primary part only)
+    audit: Optional[dict] = None  # de-identification audit record (primary part only)
+    linkage: Optional[str] = None  # encrypted linkage record (primary part only)
 
 
 def tar_blocks(key: str, members: dict) -> bytes:
@@ -301,30 +305,43 @@ def part_path(shard_sample: ShardSample) -> str:
 def encode_parts(sample: Sample, out_dir: str) -> list[Part]:
     """Fan a sample out to shard samples and write each one's tar blocks to a part file under the output folder."""
     parts = []
-    for s in to_shard_samples(sample):
+    for n, s in enumerate(to_shard_samples(sample)):
         blob = tar_blocks(s.key, s.members)
         rel = part_path(s)
         write_bytes(join(out_dir, rel), blob)
         row = {**s.row, "members": [f"{s.key}.{m}" for m in sorted(s.members)], "bytes": s.size}
-        parts.append(Part(s.product, s.split, s.key, len(blob), rel, row))
+        extra = {}
+        if n == 0:  # the sample itself; its DRR views share its audit and identifiers
+            audit = {"key": s.key, "dataset": sample.dataset, "source_sha256": list(sample.source_sha256),
+                     **sample.meta.get("_audit", {})}
+            extra = {"gate": dict(sample.private.get("gate", {})), "audit": audit,
+                     "linkage": sample.meta.get("_linkage")}
+        parts.append(Part(s.product, s.split, s.key, len(blob), rel, row, **extra))
     return parts
 
 
-def write_shard(group: tuple, out_dir: str) -> tuple[dict, list[dict]]:
-    """(shard path, [Part]) -> (shard index entry, catalog rows). The tar is the parts in key order plus the tar
-    trailer, streamed (one part in memory at a time); then the shard's Parquet; then its stats JSON, the "done"
-    marker; then the parts are deleted."""
+def write_shard(group: tuple, out_dir: str, gate_key=None, table=None) -> dict:
+    """(shard path, [Part]) -> {entry, rows, hits, audits, linkages}. The tar is the parts in key order plus the tar
+    trailer, streamed (one part in memory at a time) and scanned by the release gate on the way; then the shard's
+    Parquet; then its stats JSON, the "done" marker; then the parts are deleted."""
     from apache_beam.io.filesystems import FileSystems
+
+    from medcurate.transforms.deid.gate import Scanner
 
     shard, parts = group
     parts = sorted(parts, key=lambda p: p.key)
     uri = join(out_dir, shard)
+    scanner = Scanner(gate_key, table or {}) if gate_key is not None else None
     stream = FileSystems.create(uri, mime_type="application/x-tar")
     hashing = HashingWriter(stream)
-    rows = []
+    rows, hits = [], []
     for part in parts:
         with FileSystems.open(join(out_dir, part.path), compression_type="uncompressed") as f:
-            hashing.write(f.read())
+            blob = f.read()
+        hashing.write(blob)
+        if scanner is not None:
+            hits += [{"file": shard, "where": where, "kind": kind} for where, kind in scanner.scan_tar(
+                blob + tar_trailer(len(blob)))]
         rows.append({**part.row, "shard": shard})
     hashing.write(tar_trailer(hashing.bytes))
     stream.close()
@@ -335,4 +352,5 @@ def write_shard(group: tuple, out_dir: str) -> tuple[dict, list[dict]]:
     write_bytes(uri[: -len(".tar")] + ".parquet", buf.getvalue())
     write_bytes(uri[: -len(".tar")] + ".stats.json", (json.dumps(entry, sort_keys=True) + "\n").encode())
     FileSystems.delete([join(out_dir, p.path) for p in parts])
-    return entry, rows
+    return {"entry": entry, "rows": rows, "hits": hits, "audits": [p.audit for p in parts if p.audit],
+            "linkages": [(p.key, p.linkage) for p in parts if p.linkage]}

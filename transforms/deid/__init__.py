@@ -6,16 +6,20 @@
   file name are dropped, and their words join the deny-list.
 - Label-table rows: patient id -> keyed pseudonym, age -> years top-coded at 90, sex/view/labels kept as codes.
 - Reports: presidio with extra recognizers and a deny-list from the same study's identifiers (``text.py``).
-Identifiers seen here stay in ``Sample.private`` (for the deny-list and PHI scans), which is never written.
+Identifiers seen here become keyed fingerprints in ``Sample.private["gate"]`` for the release gate (``gate.py``);
+no plain-text identifier leaves this stage. Each sample also gets an audit record (profile, options, edition, per-tag
+action counts; no values) and, when the user asks for linkage, an AES-GCM-encrypted linkage record.
 """
 from __future__ import annotations
 
 import re
 from collections import Counter
 
+from medcurate.pipelines._version import __version__
 from medcurate.schemas.records import QuarantineError, Sample
 from medcurate.transforms.context import Context
 from medcurate.transforms.deid.dicom import DicomDeidentifier, burned_in_risk, table, to_json
+from medcurate.transforms.deid.gate import GateKey, common_words, fingerprints, words
 from medcurate.transforms.deid.text import TextDeidentifier
 
 AGE_TOP_CODE = 90
@@ -44,6 +48,7 @@ class Deidentify:
     def __init__(self, ctx: Context):
         self.ctx = ctx
         self.text = TextDeidentifier()
+        self.gate = GateKey.from_pseudonymizer(ctx.pseudo)
 
     def setup(self):
         self.text.setup()
@@ -54,6 +59,19 @@ class Deidentify:
             yield self._dicom(sample, recipe)
         else:
             yield self._file(sample, recipe)
+
+    def _finish(self, sample: Sample, meta: dict, identifiers: list, audit: dict, linkage: dict, **changes) -> Sample:
+        """Identifiers leave as keyed fingerprints only; the audit record and the (encrypted) linkage record ride in
+        underscore fields that only their own writers read."""
+        meta["_audit"] = {"tool": f"medcurate {__version__}", **audit}
+        key = self.ctx.options.get("linkage_key")
+        if key is not None:
+            meta["_linkage"] = encrypt_linkage(key, {"key": str(sample.key), "dataset": sample.dataset,
+                                                     "source_sha256": list(sample.source_sha256), **linkage})
+        recipe = self.ctx.recipe(sample.dataset)
+        public = [str(v) for k, v in recipe.dataset.items() if isinstance(v, str)] + list(sample.label_names.values())
+        private = {"gate": fingerprints(self.gate, identifiers, public)}
+        return sample.replace(meta=meta, private=private, **changes)
 
     def _dicom(self, sample: Sample, recipe) -> Sample:
         ds = sample.header
@@ -67,30 +85,54 @@ class Deidentify:
                     {"modality": str(ds.get("Modality", "") or "")[:16]},
                 )
             meta["burned_in_risk"] = True
+        original = {k: str(ds.get(k, "") or "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
         engine = DicomDeidentifier(self.ctx.pseudo, options, recipe.patient_namespace, clean_text=self.text)
         result, ids = engine.run(ds)
         meta.update(ids)
+        summary = _profile_summary(options)
         meta["deid"] = {
-            **_profile_summary(options),
+            **summary,
             "actions": dict(sorted(Counter(a for a, _ in result.actions.elements()).items())),
             "private_creators_removed": len(result.unknown_private_creators),
         }
-        private = {"identifiers": sorted(result.identifiers)}
-        return sample.replace(header=to_json(ds), meta=meta, private=private)
+        audit = {
+            "method": "dicom", **summary, "table_edition": table().edition,
+            "tag_actions": {f"{a} {kw}": n for (a, kw), n in sorted(result.actions.items())},
+            "private_creators": sorted(result.unknown_private_creators), "dates_unparsed": result.dates_unparsed,
+        }
+        linkage = {
+            "patient_id": original["PatientID"], "patient_pseudonym": ids["patient_id"],
+            "study_instance_uid": original["StudyInstanceUID"], "study_uid_pseudonym": str(ds.get("StudyInstanceUID", "")),
+            "series_instance_uid": original["SeriesInstanceUID"],
+            "series_uid_pseudonym": str(ds.get("SeriesInstanceUID", "")),
+            "date_offset_days": engine.last_offset,
+        }
+        # Free-text attributes (descriptions, comments) stay on the deny-list but not in the gate: their words are
+        # mostly clinical; the names, ids, dates and places they might repeat are collected from their own fields.
+        # A removed value that only names the device's maker (some files put the vendor in Institution Name) is
+        # no identifier: the profile keeps Manufacturer.
+        vendor = set(words(str(ds.get("Manufacturer", "") or ""))) | set(words(str(ds.get("ManufacturerModelName", ""))))
+        identifiers = [(kind, value) for value, kind in sorted(result.identifiers.items())
+                       if kind != "text" and not (set(words(value)) and set(words(value)) <= vendor)]
+        return self._finish(sample, meta, identifiers, audit, linkage, header=to_json(ds))
 
     def _file(self, sample: Sample, recipe) -> Sample:
         """Files (volumes, 2D images): file-name words and header text join the deny-list and are never written;
         the label-table row gives pseudonymous ids, a top-coded age and codes; reports are cleaned."""
         meta = dict(sample.meta)
-        identifiers = set(sample.private.get("name_tokens", []))
+        # File names are case ids in the MSD, nnU-Net and TotalSegmentator layouts; elsewhere (dcm2niix-style
+        # names) their word pairs and numbers may identify.
+        tokens = sample.private.get("name_tokens", [])
+        identifiers = [("file", " ".join(tokens))] if tokens and recipe.source["adapter"] in (
+            "nifti-folder", "image-csv") else []
         for text in sample.private.get("text", []):
-            identifiers.update(t for t in re.split(r"[^A-Za-z0-9^]+", text) if len(t) >= 2)
+            identifiers += [("text", t) for t in re.split(r"[^A-Za-z0-9^]+", text) if len(t) >= 2]
         row = dict(sample.private.get("row", ()))
         columns = recipe.source.get("columns", {})
         raw_patient = (row.get(columns.get("patient", ""), "") or "").strip()
         if raw_patient:
             identity = "id:" + raw_patient
-            identifiers.add(raw_patient)
+            identifiers.append(("id", raw_patient))
         elif meta.get("case"):
             identity = "case:" + str(meta["case"])  # one patient per case (nnU-Net channels, TotalSegmentator)
         else:
@@ -111,11 +153,45 @@ class Deidentify:
         if report is None and "report" in columns:
             report = row.get(columns["report"]) or None
         if report is not None:
-            text["report"], entity_counts = self.text.clean(report, deny=identifiers)
+            common = common_words()
+            deny = [v for _, v in identifiers] + [t for t in tokens if t.lower() not in common and len(t) >= 3]
+            text["report"], entity_counts, spans = self.text.clean_with_spans(report, deny=deny)
+            identifiers += spans
         meta["deid"] = {
             "profile": "file name and header text dropped; label row: pseudonymous ids, top-coded age; "
                        "report: presidio + deny-list",
             "options": [],
             "text_entities": dict(sorted(entity_counts.items())),
         }
-        return sample.replace(meta=meta, text=text, private={"identifiers": sorted(identifiers)})
+        audit = {"method": "file", "profile": meta["deid"]["profile"], "options": [],
+                 "header_text_fields_dropped": len(sample.private.get("text", [])),
+                 "text_entities": dict(sorted(entity_counts.items()))}
+        linkage = {"source": sample.private.get("source"), "patient_id": raw_patient or None,
+                   "patient_pseudonym": meta["patient_id"], "study": study or None}
+        return self._finish(sample, meta, identifiers, audit, linkage, text=text)
+
+
+def encrypt_linkage(key, record: dict) -> str:
+    """One linkage record, AES-256-GCM under the user's linkage key, base64 (nonce + ciphertext)."""
+    import base64
+    import json
+    import os
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    nonce = os.urandom(12)
+    data = json.dumps(record, sort_keys=True).encode("utf-8")
+    return base64.b64encode(nonce + AESGCM(key.reveal()).encrypt(nonce, data, LINKAGE_AAD)).decode("ascii")
+
+
+def decrypt_linkage(key, token: str) -> dict:
+    import base64
+    import json
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    raw = base64.b64decode(token)
+    return json.loads(AESGCM(key.reveal()).decrypt(raw[:12], raw[12:], LINKAGE_AAD))
+
+
+LINKAGE_AAD = b"medcurate-linkage-v1"

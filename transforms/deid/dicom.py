@@ -12,7 +12,9 @@ Every row of the table is a rule (``schemas/data/ps3.15-table-e1-1-<edition>.jso
    ``C`` clean: dates and date-times shift by the per-patient offset, free text goes through the text cleaner,
    sequences are cleaned item by item, anything else is emptied.
 4. Attributes not in the table are kept; private attributes (odd groups) are removed unless Retain Safe Private is
-   on and the tag is on the safe list; group lengths are removed. Sequences that stay are processed recursively.
+   on and the tag is in PS3.15 Table E.3.10-1 (``schemas/data/ps3.15-table-e3-10-1-2025b.json``: group, creator,
+   element), whose private creator elements are then kept too; a kept private date (DA/DT) shifts with the patient's
+   dates. Group lengths are removed. Sequences that stay are processed recursively.
 Times (TM) are kept under Modified Dates: with the dates shifted they no longer identify a day.
 """
 from __future__ import annotations
@@ -61,7 +63,7 @@ DUMMY = {
     "ST": "ANONYMIZED", "TM": "000000", "UC": "ANONYMIZED", "UT": "ANONYMIZED", "UR": "",
     "FL": 0.0, "FD": 0.0, "SL": 0, "SS": 0, "UL": 0, "US": 0, "SV": 0, "UV": 0,
 }
-SAFE_PRIVATE: frozenset = frozenset()  # (creator, element-low-byte) pairs judged safe; none yet
+SAFE_PRIVATE_FILE = "ps3.15-table-e3-10-1-2025b.json"
 DICOM_ROOT = "1.2.840.10008."
 BURNED_IN_MODALITIES = {"US", "SC", "XA", "OT", "ES", "XC", "DOC", "GM", "SM", "OP"}
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
@@ -120,6 +122,17 @@ class ProfileTable:
 
 
 _TABLE: Optional[ProfileTable] = None
+_SAFE: Optional[frozenset] = None
+
+
+def safe_private() -> frozenset:
+    """(group, creator, element low byte) of PS3.15 Table E.3.10-1 Safe Private Attributes."""
+    global _SAFE  # a read-only cache of a packaged data file, identical on every worker
+    if _SAFE is None:
+        with open(os.path.join(DATA_DIR, SAFE_PRIVATE_FILE), encoding="utf-8") as f:
+            rows = json.load(f)["rows"]
+        _SAFE = frozenset((int(r["group"], 16), r["creator"].strip(), int(r["element"][2:], 16)) for r in rows)
+    return _SAFE
 
 
 def table() -> ProfileTable:
@@ -133,7 +146,7 @@ def table() -> ProfileTable:
 @dataclass
 class DeidResult:
     actions: Counter = field(default_factory=Counter)  # (action, keyword) -> count; never values
-    identifiers: set = field(default_factory=set)  # removed values: deny-list for text, PHI scan; never written
+    identifiers: dict = field(default_factory=dict)  # removed value -> kind: deny-list and release gate; never written
     unknown_private_creators: set = field(default_factory=set)
     dates_unparsed: int = 0
 
@@ -162,18 +175,37 @@ def _values(elem: DataElement) -> list:
     return list(elem.value) if elem.VM > 1 else [elem.value]
 
 
-def _collect_identifiers(elem: DataElement, out: set) -> None:
+def identifier_kind(elem: DataElement) -> str:
+    keyword = elem.keyword or ""
+    if elem.VR == "PN":
+        return "name"
+    if elem.VR in ("DA", "DT"):
+        return "date"
+    if "Telephone" in keyword or "Email" in keyword or "URL" in keyword:
+        return "contact"
+    if any(w in keyword for w in ("Institution", "Address", "Station", "Department", "Location", "Country",
+                                  "Region", "Residence")):
+        return "place"
+    if keyword.endswith(("ID", "IDs", "Number", "Numbers", "Identifier")) or "ID" in keyword:
+        return "id"
+    return "text"
+
+
+def _collect_identifiers(elem: DataElement, out: dict) -> None:
     if elem.VR not in TEXT_VRS | {"DA", "DT"}:
         return
+    if elem.tag.is_private and 0x10 <= elem.tag.element <= 0xFF:
+        return  # private creator strings name vendors (reported in the audit), not people
+    kind = identifier_kind(elem)
     for v in _values(elem):
         text = str(v).strip()
         if not text or text.upper() in ("ANONYMIZED", "ANONYMOUS"):
             continue
-        out.add(text)
+        out.setdefault(text, kind)
         if elem.VR == "PN":
             for part in str(v).replace("^", " ").replace("=", " ").split():
                 if len(part) >= 2:
-                    out.add(part)
+                    out.setdefault(part, "name")
 
 
 @dataclass
@@ -185,6 +217,7 @@ class DicomDeidentifier:
     patient_namespace: str
     clean_text: Optional[Callable[[str, frozenset], str]] = None
     _deny: frozenset = frozenset()
+    last_offset: int = 0  # the date shift of the last run (for the encrypted linkage table only)
 
     def patient_identity(self, ds: Dataset) -> str:
         pid = str(ds.get("PatientID", "") or "").strip()
@@ -201,6 +234,7 @@ class DicomDeidentifier:
         identity = self.patient_identity(ds)
         patient = self.pseudo.patient(self.patient_namespace, identity)
         offset = self.pseudo.date_offset_days(self.patient_namespace + "|" + identity)
+        self.last_offset = offset
         ids = {
             "patient_id": patient,
             "study_id": "s" + self.pseudo.digest("study", str(ds.get("StudyInstanceUID", "")), length=20),
@@ -260,10 +294,9 @@ class DicomDeidentifier:
                 result.unknown_private_creators.add(creator[:64])
             return "K" if self.options.get("retain_safe_private") else "X"
         if self.options.get("retain_safe_private"):
-            block = (tag.group, tag.element >> 8)
-            creator_tag = Tag(block[0], block[1])
-            creator = str(ds[creator_tag].value) if creator_tag in ds else ""
-            if (creator, tag.element & 0xFF) in SAFE_PRIVATE:
+            creator_tag = Tag(tag.group, tag.element >> 8)
+            creator = str(ds[creator_tag].value).strip() if creator_tag in ds else ""
+            if (tag.group, creator, tag.element & 0xFF) in safe_private():
                 return "K"
         return "X"
 
@@ -291,6 +324,8 @@ class DicomDeidentifier:
         elif action == "K":
             if tag == Tag("PatientAge") and elem.value:
                 elem.value = top_code_age(str(elem.value))
+            elif tag.is_private and vr in ("DA", "DT") and self.options.get("retain_long_modified_dates"):
+                self._clean(elem, result, offset)  # a kept private date moves with the patient's other dates
         # "U*": sequence kept; UIDs inside are handled by their own rows during recursion.
 
     def _remap(self, elem: DataElement) -> None:

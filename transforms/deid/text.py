@@ -24,6 +24,13 @@ ENTITIES = (
     "US_DRIVER_LICENSE", "US_PASSPORT", "CREDIT_CARD", "IBAN_CODE", "ORGANIZATION", "MEDICAL_RECORD_NUMBER",
     "ACCESSION_NUMBER", "ZIP_CODE", "STREET_ADDRESS", "DICOM_PERSON_NAME", "STUDY_IDENTIFIER", "MEDICAL_LICENSE",
 )
+ENTITY_KINDS = {  # presidio entity -> release-gate kind
+    "PERSON": "name", "DICOM_PERSON_NAME": "name", "MEDICAL_RECORD_NUMBER": "id", "ACCESSION_NUMBER": "id",
+    "STUDY_IDENTIFIER": "id", "US_SSN": "id", "US_DRIVER_LICENSE": "id", "US_PASSPORT": "id", "MEDICAL_LICENSE": "id",
+    "CREDIT_CARD": "id", "IBAN_CODE": "id", "DATE_TIME": "date", "LOCATION": "place", "STREET_ADDRESS": "place",
+    "ZIP_CODE": "place", "PHONE_NUMBER": "contact", "EMAIL_ADDRESS": "contact", "URL": "contact",
+    "IP_ADDRESS": "contact", "ORGANIZATION": "text",
+}
 MONTHS = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|Jun(?:e)?|Jul(?:y)?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"  # noqa: E501
 STREET_WORDS = r"(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Parkway|Pkwy|Highway|Hwy)"  # noqa: E501
 
@@ -150,17 +157,23 @@ class TextDeidentifier:
 
     def clean(self, text: str, deny: Iterable[str] = ()) -> tuple[str, Counter]:
         """Text with identifiers replaced by ``<ENTITY>`` tags, and counts per entity type (no values)."""
+        cleaned, counts, _ = self.clean_with_spans(text, deny)
+        return cleaned, counts
+
+    def clean_with_spans(self, text: str, deny: Iterable[str] = ()) -> tuple[str, Counter, list]:
+        """As ``clean``, plus the removed spans as (kind, value) for the release gate's fingerprints."""
         if not text or not text.strip():
-            return text, Counter()
+            return text, Counter(), []
         from presidio_anonymizer.entities import OperatorConfig
 
         results = self.analyze(text, deny)
         counts = Counter(r.entity_type for r in results)
+        spans = [(ENTITY_KINDS.get(r.entity_type, "text"), text[r.start:r.end]) for r in results]
         out = self._anonymizer.anonymize(
             text=text, analyzer_results=results,
             operators={"DEFAULT": OperatorConfig("replace", {"new_value": None})},
         )
-        return out.text, counts
+        return out.text, counts, spans
 
     def __call__(self, text: str, deny: Optional[Iterable[str]] = None) -> str:
         return self.clean(text, deny or ())[0]

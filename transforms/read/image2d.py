@@ -54,7 +54,7 @@ def read_image(item: Item, ctx: Context) -> Sample:
     if not item.row:
         raise QuarantineError("unlabeled_image", "image has no row in the label table", source_sha256=tuple(hashes))
     image = decode_image(data)
-    private: dict = {"row": item.row}
+    private: dict = {"row": item.row, "source": relpath(item.uri, recipe.root)}
     meta: dict = {}
     report_uri = item.companion("report")
     if report_uri:

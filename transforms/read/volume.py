@@ -272,7 +272,8 @@ def read_volume(item: Item, ctx: Context) -> list:
     try:
         parts = _split(values, item, recipe)
         shape = parts[0][1].shape
-        private = {"text": list(texts), "name_tokens": name_tokens(item.uri), "row": item.row}
+        private = {"text": list(texts), "name_tokens": name_tokens(item.uri), "row": item.row,
+                   "source": relpath(item.uri, recipe.root)}
         label, label_names = None, {}
         info = item.info_dict()
         label_uri = item.companion("label")
