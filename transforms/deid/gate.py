@@ -33,6 +33,8 @@ lateral axial coronal sagittal radiograph radiographs chest ct mri xr dx cr pa a
 labelled labeled anatomy digitally reconstructed projection computed beam cone parallel structures structure more
 and true false null none yes unknown other phantom test demo sample samples data dataset json png npy txt seg tar
 """.split())
+# Street-type words that are no surname ("Lane", "Way", "Court" and "Place" can be, so they stay distinctive).
+STREET_TYPES = frozenset("street st avenue ave road rd boulevard blvd drive ln parkway pkwy highway hwy".split())
 
 
 def words(text: str) -> list[str]:
@@ -41,10 +43,15 @@ def words(text: str) -> list[str]:
 
 @functools.lru_cache(maxsize=1)
 def common_words() -> frozenset:
-    """Words that never identify alone: stopwords, medcurate's vocabularies and their codes' words."""
+    """Words that never identify alone: stopwords, medcurate's vocabularies and their codes' words, the words of the
+    ``<ENTITY>`` tags that replace identifiers in text, and street-type words ("Baker [Street]")."""
     from medcurate.schemas import vocab
+    from medcurate.transforms.deid.text import ENTITIES
 
     found = set(STOPWORDS)
+    for entity in ENTITIES:
+        found.update(words(entity.replace("_", " ")))
+    found.update(STREET_TYPES)
     for name in ("modality", "body_part", "view", "clinical_terms"):
         doc = vocab.load(name)
         for key, entry in (doc.get("values") or {}).items():
