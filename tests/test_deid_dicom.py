@@ -230,3 +230,88 @@ def test_retain_safe_private_keeps_only_table_e3_10_1_attributes():
     plain = make_ds()
     deid(plain)
     assert not any(e.tag.is_private for e in plain)
+
+
+def _ct_slices(n=3):
+    out = []
+    for i in range(n):
+        ds = make_ds(sop=f"1.2.3.4.100.1.{i + 1}")
+        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 2.0 * i], [1.0, 0, 0, 0, 1.0, 0]
+        ds.PixelSpacing, ds.SliceThickness, ds.InstanceNumber = [0.7, 0.7], 2.0, i + 1
+        ds.SeriesNumber, ds.StudyID, ds.PatientBirthDate = 1, "S1", "19610203"
+        ds.ReferringPhysicianName = "WELBY^MARCUS"
+        out.append(ds)
+    return out
+
+
+def _reread(ds: Dataset) -> Dataset:
+    import io
+
+    import pydicom
+
+    if not hasattr(ds, "file_meta"):
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPClassUID, ds.SOPInstanceUID
+        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buf.getvalue()))
+
+
+def _uids(ds: Dataset) -> dict:
+    """Every UID-valued element, anywhere: {keyword path: value}."""
+    found = {}
+    for elem in ds.iterall():
+        if elem.VR == "UI" and elem.keyword not in ("SOPClassUID", "ReferencedSOPClassUID", "TransferSyntaxUID"):
+            found.setdefault(elem.keyword, set()).add(str(elem.value))
+    return found
+
+
+def test_seg_and_rtstruct_references_resolve_after_deidentification():
+    """A SEG (highdicom) and an RTSTRUCT de-identified apart from their CT still point at its new UIDs."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    ct = _ct_slices()
+    mask = np.zeros((3, 4, 4), np.uint8)
+    mask[1, 1:3, 1:3] = 1
+    seg = hd.seg.Segmentation(
+        source_images=ct, pixel_array=mask, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[hd.seg.SegmentDescription(
+            segment_number=1, segment_label="lesion", segmented_property_category=codes.SCT.Tissue,
+            segmented_property_type=codes.SCT.Tissue, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)],
+        series_instance_uid="1.2.3.4.100.77", series_number=77, sop_instance_uid="1.2.3.4.100.77.1",
+        instance_number=1, manufacturer="medcurate-test", manufacturer_model_name="t", software_versions="1",
+        device_serial_number="1")
+    rs = Dataset()
+    rs.SOPClassUID, rs.SOPInstanceUID, rs.Modality = "1.2.840.10008.5.1.4.1.1.481.3", "1.2.3.4.100.88.1", "RTSTRUCT"
+    rs.PatientID, rs.PatientName = "MRN998877", "DOE^JOHN"
+    rs.StudyInstanceUID, rs.SeriesInstanceUID = ct[0].StudyInstanceUID, "1.2.3.4.100.88"
+    images = []
+    for s in ct:
+        img = Dataset()
+        img.ReferencedSOPClassUID, img.ReferencedSOPInstanceUID = s.SOPClassUID, s.SOPInstanceUID
+        images.append(img)
+    series, study, frame = Dataset(), Dataset(), Dataset()
+    series.SeriesInstanceUID, series.ContourImageSequence = ct[0].SeriesInstanceUID, Sequence(images)
+    study.ReferencedSOPInstanceUID, study.RTReferencedSeriesSequence = ct[0].StudyInstanceUID, Sequence([series])
+    frame.FrameOfReferenceUID, frame.RTReferencedStudySequence = ct[0].FrameOfReferenceUID, Sequence([study])
+    rs.ReferencedFrameOfReferenceSequence = Sequence([frame])
+
+    before = {"sop": [s.SOPInstanceUID for s in ct], "series": ct[0].SeriesInstanceUID,
+              "study": ct[0].StudyInstanceUID, "frame": ct[0].FrameOfReferenceUID}
+    assert set(before["sop"]) <= _uids(seg)["ReferencedSOPInstanceUID"]
+    # as files, de-identified one by one, as separate workers would
+    ct, seg, rs = [_reread(d) for d in ct], _reread(seg), _reread(rs)
+    for ds in [*ct, seg, rs]:
+        deid(ds)
+    sops = {s.SOPInstanceUID for s in ct}
+    assert not sops & set(before["sop"])
+    seg_uids, rs_uids = _uids(seg), _uids(rs)
+    assert sops == seg_uids["ReferencedSOPInstanceUID"] == rs_uids["ReferencedSOPInstanceUID"] - {
+        ct[0].StudyInstanceUID}
+    assert seg_uids["SeriesInstanceUID"] == {seg.SeriesInstanceUID, ct[0].SeriesInstanceUID}
+    assert rs_uids["SeriesInstanceUID"] == {rs.SeriesInstanceUID, ct[0].SeriesInstanceUID}
+    assert seg.StudyInstanceUID == rs.StudyInstanceUID == ct[0].StudyInstanceUID != before["study"]
+    assert seg.FrameOfReferenceUID == ct[0].FrameOfReferenceUID == rs_uids["FrameOfReferenceUID"].pop()
+    assert seg.PatientID == rs.PatientID == ct[0].PatientID
