@@ -1,7 +1,10 @@
 """Catalog outputs of a run, written through Beam FileSystems, every one sorted so reruns give the same bytes.
 
 - ``catalog/catalog.parquet``: one row per shard sample (``schemas.sample.CATALOG_SCHEMA``) with its shard.
-- ``catalog/datasets.json``: the recipes' dataset cards (no source paths).
+- ``catalog/datasets.json``: the recipes' dataset cards (no source paths); ``catalog/datasets.parquet``: one row per
+  dataset (``schemas.sample.DATASET_SCHEMA``) with modalities, anatomy, tasks, label space and counts per split.
+- ``catalog/reidentification_risk.json``: k-anonymity and unique share per generalization level, the level applied.
+- ``DATASET_CARD.md``: the release's dataset card (sources, licenses, citations, counts, label prevalence, risk).
 - ``shards/index.json`` and ``shards/index.parquet``: every shard with product, split, sample count, bytes, sha256.
 - ``quarantine/quarantine.jsonl`` and ``.parquet``: one record per input or derived product not written.
 - ``summary.json``: counts per stage outcome, per dataset/modality/split/product, reasons, unmapped values,
@@ -31,9 +34,14 @@ from medcurate.schemas.sample import (
     dumps,
     rows_to_table,
 )
+from medcurate.catalog.card import CARD_PATH, dataset_rows, render_card
+from medcurate.schemas.sample import DATASET_SCHEMA
 from medcurate.transforms.io import join, write_bytes
+from medcurate.transforms.release import risk_report
 
 CATALOG_PATH = "catalog/catalog.parquet"
+DATASETS_TABLE_PATH = "catalog/datasets.parquet"
+RISK_PATH = "catalog/reidentification_risk.json"
 DATASETS_PATH = "catalog/datasets.json"
 INDEX_PATH = "shards/index.json"
 QUARANTINE_PATH = "quarantine/quarantine.jsonl"
@@ -79,6 +87,18 @@ def summarize(discovered: dict, rows: list[dict], quarantine: list) -> dict:
     for q in q_rows:
         reason_units[(q["stage"], q["reason"])] += q["units"]
     unmapped = Counter(u for r in rows for u in (r.get("unmapped") or []))
+    primary = [r for r in rows if r.get("parent_key") is None]
+
+    def breakdown(subset):
+        out = {}
+        for field in ("modality", "body_part", "mr_sequence", "split"):
+            c = Counter(r.get(field) or "-" for r in subset)
+            out[field] = dict(sorted(c.items()))
+        out["findings"] = dict(sorted(Counter(f for r in subset for f in (r.get("findings") or [])).items()))
+        out["samples"] = len(subset)
+        out["patients"] = len({r["patient_id"] for r in subset})
+        return out
+
     total = {k: sum(v[k] for v in per_dataset.values()) for k in ("discovered", "written", "quarantined")}
     total["reconciled"] = total["discovered"] == total["written"] + total["quarantined"]
     return {
@@ -92,6 +112,11 @@ def summarize(discovered: dict, rows: list[dict], quarantine: list) -> dict:
             {"stage": s, "reason": r, "records": n, "units": reason_units[(s, r)]} for (s, r), n in sorted(reasons.items())
         ],
         "unmapped_values": dict(sorted(unmapped.items())),
+        # primary samples (not derived DRR views) by modality, body part, MR sequence, split and positive finding
+        "fused": breakdown(primary),
+        "by_dataset": {d: breakdown([r for r in primary if r["dataset"] == d]) for d in datasets},
+        "split_conflicts_resolved": {"patients": len({r["patient_id"] for r in rows
+                                                      if r.get("split_source") == "patient-resolved"})},
     }
 
 
@@ -135,7 +160,7 @@ def write_linkage(linkages: list, path: str) -> int:
 
 
 def finalize(out_dir: str, cards: list, discovered: dict, results: list, quarantine: list, gate_key, table: dict,
-             linkage_out: str | None = None) -> dict:
+             linkage_out: str | None = None, risk: dict | None = None) -> dict:
     """Write the catalog, index, quarantine, datasets, audit, summary and gate report; return the summary."""
     from medcurate.transforms.deid.gate import Scanner
 
@@ -156,6 +181,10 @@ def finalize(out_dir: str, cards: list, discovered: dict, results: list, quarant
         AUDIT_PATH: _parquet(_audit_table(audits)),
     }
     summary = summarize(discovered, rows, quarantine)
+    summary["reidentification_risk"] = risk or risk_report([])
+    outputs[DATASETS_TABLE_PATH] = _parquet(rows_to_table(dataset_rows(cards, rows), DATASET_SCHEMA))
+    outputs[RISK_PATH] = (json.dumps(summary["reidentification_risk"], indent=1, sort_keys=True) + "\n").encode()
+    outputs[CARD_PATH] = render_card(cards, dataset_rows(cards, rows), summary).encode("utf-8")
     hits = [h for res in results for h in res["hits"]]
     scanner = Scanner(gate_key, table)
     for rel, data in sorted(outputs.items()):
@@ -176,6 +205,8 @@ def finalize(out_dir: str, cards: list, discovered: dict, results: list, quarant
     summary["release_gate"] = {k: gate[k] for k in ("passed", "fingerprints", "files_scanned")} | {
         "hits": len(hits)}
     outputs[SUMMARY_PATH] = (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode()
+    # the card again, now with the gate's verdict (the scanned version differs only in that sentence)
+    outputs[CARD_PATH] = render_card(cards, dataset_rows(cards, rows), summary).encode("utf-8")
     outputs[GATE_PATH] = (json.dumps(gate, indent=1, sort_keys=True) + "\n").encode()
     for rel, data in sorted(outputs.items()):
         write_bytes(join(out_dir, rel), data)

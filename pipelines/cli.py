@@ -176,6 +176,7 @@ def execute(recipes, out: str, key, args, beam_args, log, collector) -> int:
     config = RunConfig(
         recipes=recipes, out=out, key=key, limit=args.limit, device=args.device, split_ratios=args.split_ratios,
         shard_max_bytes=args.shard_max_bytes, shard_max_count=args.shard_max_count, beam_args=beam_args,
+        folds=args.folds, min_k=args.min_k,
         linkage_out=args.linkage_out, linkage_key=linkage_key,
     )
     log.info(f"medcurate: {len(recipes)} dataset(s): {', '.join(r.id for r in recipes)}")
@@ -191,6 +192,13 @@ def execute(recipes, out: str, key, args, beam_args, log, collector) -> int:
     else:
         log.info(f"RELEASE GATE FAILED: {gate.get('hits')} place(s) in the outputs hold identifiers from the inputs; "
                  f"see {out}/release_gate.json (files and kinds, never values). Do not release this output.")
+    risk = summary.get("reidentification_risk") or {}
+    if risk.get("levels"):
+        target = (f"; target k >= {risk['min_k']} {'met' if risk['target_met'] else 'NOT MET: review before release'}"
+                  if risk.get("min_k") else "; no --min-k: reported only")
+        log.info(f"re-identification risk: k = {risk['k']}, unique share {risk['unique_share']} at generalization "
+                 f"'{risk['applied']}'{target} (catalog/reidentification_risk.json)")
+    log.info(f"dataset card: {out}/DATASET_CARD.md")
     if args.linkage_out:
         log.info(f"linkage: encrypted linkage table written to {args.linkage_out} (outside the release)")
     _write_log(out, collector)

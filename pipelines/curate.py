@@ -1,7 +1,7 @@
 """The curation pipeline: recipes -> shards + catalog + quarantine + summary.
 
-    Discover -> Read -> Deidentify -> Harmonize -> Resample -> ProjectDRR -> Caption -> Encode -> Shard -> Catalog
-        \\________\\__________\\____________\\____________\\___________\\___________\\_________\\-> Quarantine
+    Discover -> Read -> Deidentify -> Harmonize -> Resample -> ProjectDRR -> Caption -> Encode -> Release -> Shard
+        \\________\\__________\\____________\\____________\\___________\\___________\\_________\\-> Quarantine  -> Catalog
 
 Stages are ``Stage(name, fn)`` wrappers over plain functions (``transforms/``); each returns (good, quarantine).
 """
@@ -21,6 +21,7 @@ from medcurate.transforms.drr import ProjectDRR
 from medcurate.transforms.harmonize import Harmonize
 from medcurate.transforms.pseudonym import Pseudonymizer
 from medcurate.transforms.read import Read
+from medcurate.transforms.release import resolve_patient, risk_report
 from medcurate.transforms.resample import Resample
 from medcurate.transforms.shard import encode_parts, plan_shards, write_shard
 
@@ -33,11 +34,15 @@ class _Encode:
         yield from encode_parts(sample, self.out_dir)
 
 
+def _write(group, out_dir, gate_key, table, risk):
+    return write_shard(group, out_dir, gate_key, table, level=risk["applied"])
+
+
 def _assign(part, plan):
     return plan[part.key], part
 
 
-def _finalize(_, out_dir, cards, gate_key, linkage_out, discovered, results, quarantine, table):
+def _finalize(_, out_dir, cards, gate_key, linkage_out, discovered, results, quarantine, table, risk):
     from apache_beam.io.filesystems import FileSystems
 
     from medcurate.transforms.io import join
@@ -47,7 +52,7 @@ def _finalize(_, out_dir, cards, gate_key, linkage_out, discovered, results, qua
     if FileSystems.exists(parts):  # written parts are deleted shard by shard; this removes the folders
         FileSystems.delete([parts])
     yield catalog_build.finalize(out_dir, cards, catalog_build.group_units(discovered), results, quarantine,
-                                 gate_key, table, linkage_out)
+                                 gate_key, table, linkage_out, risk)
 
 
 class Curate(beam.PTransform):
@@ -61,6 +66,7 @@ class Curate(beam.PTransform):
             pseudo=Pseudonymizer(config.key),
             device=config.device,
             split_ratios=tuple(config.split_ratios),
+            folds=config.folds,
             options={"linkage_key": config.linkage_key} if config.linkage_key is not None else {},
         )
 
@@ -73,7 +79,19 @@ class Curate(beam.PTransform):
         samples, q_res = samples | "resample" >> Stage("resample", Resample(ctx))
         samples, q_drr = samples | "drr" >> Stage("drr", ProjectDRR(ctx))
         samples, q_cap = samples | "caption" >> Stage("caption", CaptionStage(ctx))
-        shard_samples, q_enc = samples | "encode" >> Stage("encode", _Encode(cfg.out))
+        encoded, q_enc = samples | "encode" >> Stage("encode", _Encode(cfg.out))
+        resolved = (
+            encoded
+            | "by-patient" >> beam.Map(lambda part: (part.row["patient_id"], part))
+            | "group-patients" >> beam.GroupByKey()
+            | "resolve-patients" >> beam.FlatMap(resolve_patient).with_outputs("qi", main="parts")
+        )
+        shard_samples = resolved.parts
+        risk = (
+            resolved.qi
+            | "all-qi" >> beam.combiners.ToList()
+            | "risk" >> beam.Map(lambda combos, k: risk_report(combos, k), cfg.min_k)
+        )
 
         plan = (
             shard_samples
@@ -91,7 +109,8 @@ class Curate(beam.PTransform):
             shard_samples
             | "assign" >> beam.Map(_assign, plan=beam.pvalue.AsDict(plan))
             | "group-shards" >> beam.GroupByKey()
-            | "write-shards" >> beam.Map(write_shard, cfg.out, gate_key, table=beam.pvalue.AsSingleton(table))
+            | "write-shards" >> beam.Map(_write, cfg.out, gate_key, table=beam.pvalue.AsSingleton(table),
+                                         risk=beam.pvalue.AsSingleton(risk))
         )
         results = written | "all-results" >> beam.combiners.ToList()
         quarantine = (
@@ -119,6 +138,7 @@ class Curate(beam.PTransform):
                 results=beam.pvalue.AsSingleton(results),
                 quarantine=beam.pvalue.AsSingleton(quarantine),
                 table=beam.pvalue.AsSingleton(table),
+                risk=beam.pvalue.AsSingleton(risk),
             )
         )
 

@@ -38,6 +38,11 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help="resample/DRR backend: CuPy on a GPU when present (auto), or force one")
     parser.add_argument("--split-ratios", type=parse_ratios, default=(("train", 0.8), ("val", 0.1), ("test", 0.1)),
                         help="patient-level split ratios, e.g. train=0.8,val=0.1,test=0.1")
+    parser.add_argument("--folds", type=int, default=5,
+                        help="cross-validation folds: every patient gets a fold 0..N-1 from its keyed hash (default 5)")
+    parser.add_argument("--min-k", type=int, default=0,
+                        help="generalize quasi-identifiers (age bands, day-offset bands, dates) until every "
+                             "combination is shared by at least K patients; 0 reports the risk only (default)")
     parser.add_argument("--shard-max-bytes", type=int, default=DEFAULT_SHARD_MAX_BYTES)
     parser.add_argument("--shard-max-count", type=int, default=DEFAULT_SHARD_MAX_COUNT)
     parser.add_argument("--overwrite", action="store_true", help="replace an existing medcurate output folder")
@@ -56,6 +61,8 @@ class RunConfig:
     split_ratios: tuple = (("train", 0.8), ("val", 0.1), ("test", 0.1))
     shard_max_bytes: int = DEFAULT_SHARD_MAX_BYTES
     shard_max_count: int = DEFAULT_SHARD_MAX_COUNT
+    folds: int = 5
+    min_k: int = 0
     beam_args: list = field(default_factory=list)
     linkage_out: str | None = None  # encrypted linkage file, outside the output folder
     linkage_key: Secret | None = None

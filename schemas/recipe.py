@@ -34,6 +34,10 @@ DEID_OPTIONS = {
     "clean_graphics": False,
 }
 BURNED_IN_POLICIES = ("quarantine", "keep-flagged")
+ACCESS_TIERS = ("open", "registration", "application", "dua")
+TASKS = ("classification", "segmentation", "detection", "registration", "report", "caption", "vqa", "regression",
+         "survival", "reconstruction")
+ANNOTATION_SOURCES = ("expert", "text-mined", "model", "llm", "crowd", "mixed", "none")
 
 DEFAULT_DRR_VIEWS = [
     {"name": "ap", "projection": "parallel", "direction": "ap"},
@@ -76,7 +80,11 @@ SCHEMA: dict[str, Any] = {
                 "version": {"type": "string"},
                 "license": {"type": "string", "pattern": r"^(LicenseRef-[A-Za-z0-9.-]+|[A-Za-z0-9][A-Za-z0-9.+-]*)$"},
                 "redistributable": {"type": "boolean"},
-                "access": {"enum": ["open", "registration", "application", "dua"]},
+                "access": {"enum": list(ACCESS_TIERS)},
+                "tasks": {"type": "array", "items": {"enum": list(TASKS)}, "uniqueItems": True},
+                "annotation_source": {"enum": list(ANNOTATION_SOURCES)},
+                "modalities": {"type": "array", "items": {"type": "string"}},
+                "anatomy": {"type": "array", "items": {"type": "string"}},
                 "patient_namespace": {"type": "string", "pattern": "^[a-z0-9][a-z0-9-]*$"},
             },
         },

@@ -10,9 +10,18 @@ import json
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: fold, mr_sequence, age_band, day_offset, regions, caption_seed, access_tier
 
 _str = pa.string()
+# A labelled region of a sample: which structure, its value in the sample's label member, its bounding box in
+# array indices ([start, stop) per axis of the stored array), and its size in voxels or pixels.
+REGION = pa.struct([
+    pa.field("structure", _str),
+    pa.field("mask", _str),  # the member holding it: "seg.npy" (value = label value, or the map's index for DRRs)
+    pa.field("value", pa.int32()),
+    pa.field("bbox", pa.list_(pa.int32())),
+    pa.field("size", pa.int64()),
+])
 CATALOG_SCHEMA = pa.schema(
     [
         pa.field("schema_version", _str, nullable=False),
@@ -27,6 +36,7 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("series_id", _str),
         pa.field("split", _str, nullable=False),
         pa.field("split_source", _str),
+        pa.field("fold", pa.int8()),
         pa.field("modality", _str),
         pa.field("modality_raw", _str),
         pa.field("body_part", _str),
@@ -34,12 +44,18 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("body_part_code", _str),
         pa.field("view", _str),
         pa.field("view_raw", _str),
+        pa.field("mr_sequence", _str),
+        pa.field("mr_sequence_code", _str),
         pa.field("sex", _str),
         pa.field("age_years", pa.float64()),
+        pa.field("age_band", _str),
+        pa.field("day_offset", pa.int32()),
+        pa.field("day_offset_band", _str),
         pa.field("findings", pa.list_(_str)),
         pa.field("labels", pa.map_(_str, pa.int8())),
         pa.field("labels_raw", _str),
         pa.field("structures", pa.list_(_str)),
+        pa.field("regions", pa.list_(REGION)),
         pa.field("shape", pa.list_(pa.int32())),
         pa.field("spacing_mm", pa.list_(pa.float64())),
         pa.field("orientation", _str),
@@ -54,8 +70,10 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("caption_kind", _str),
         pa.field("caption_model", _str),
         pa.field("caption_prompt_id", _str),
+        pa.field("caption_seed", pa.int64()),
         pa.field("license", _str, nullable=False),
         pa.field("redistributable", pa.bool_(), nullable=False),
+        pa.field("access_tier", _str),
         pa.field("source_sha256", pa.list_(_str), nullable=False),
         pa.field("source_units", pa.int32(), nullable=False),
         pa.field("recipe_sha256", _str, nullable=False),
@@ -70,7 +88,8 @@ CATALOG_SCHEMA = pa.schema(
 
 SHARD_INDEX_SCHEMA = pa.schema(
     [
-        pa.field("shard", _str, nullable=False),
+        pa.field("shard", _str, nullable=False),  # URL of the shard relative to the output folder
+        pa.field("url", _str, nullable=False),  # the same, as the URL a training job opens (absolute when known)
         pa.field("product", _str, nullable=False),
         pa.field("split", _str, nullable=False),
         pa.field("samples", pa.int64(), nullable=False),
@@ -109,6 +128,33 @@ AUDIT_SCHEMA = pa.schema(
         pa.field("dates_unparsed", pa.int64()),
         pa.field("header_text_fields_dropped", pa.int64()),
     ]
+)
+
+
+# One row per dataset of a release (catalog/datasets.parquet): its card plus what this release holds of it.
+DATASET_SCHEMA = pa.schema(
+    [
+        pa.field("schema_version", _str, nullable=False),
+        pa.field("id", _str, nullable=False),
+        pa.field("name", _str),
+        pa.field("description", _str),
+        pa.field("citation", _str),
+        pa.field("homepage", _str),
+        pa.field("version", _str),
+        pa.field("license", _str, nullable=False),
+        pa.field("redistributable", pa.bool_(), nullable=False),
+        pa.field("access_tier", _str),  # open | registration | application | dua
+        pa.field("modalities", pa.list_(_str)),
+        pa.field("anatomy", pa.list_(_str)),
+        pa.field("tasks", pa.list_(_str)),  # classification, segmentation, detection, report, caption, ...
+        pa.field("label_space", _str),
+        pa.field("labels", pa.list_(pa.struct([pa.field("name", _str), pa.field("code", _str)]))),
+        pa.field("annotation_source", _str),  # expert | text-mined | model | llm | crowd | mixed
+        pa.field("samples_per_split", pa.map_(_str, pa.int64())),
+        pa.field("patients", pa.int64()),
+        pa.field("recipe_sha256", _str),
+    ],
+    metadata={"medcurate_schema_version": SCHEMA_VERSION},
 )
 
 

@@ -55,3 +55,68 @@ def version(name: str) -> str:
 
 def label_space(name: str) -> dict:
     return load("findings")["label_spaces"][name]
+
+
+@functools.lru_cache(maxsize=1)
+def _mr_patterns() -> list:
+    return [(value, [re.compile(p) for p in entry.get("patterns", [])])
+            for value, entry in load("mr_sequence")["values"].items()]
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value[0] if isinstance(value, (list, tuple)) else value)
+    except (TypeError, ValueError, IndexError):
+        return None
+
+
+def infer_mr_sequence(texts, params: dict | None = None) -> str:
+    """MR sequence from descriptive texts (Series Description, Protocol Name, Sequence Name, Image Type, a channel
+    name) and, when they say nothing, from acquisition parameters (DICOM keywords: ScanningSequence,
+    SequenceVariant, RepetitionTime, EchoTime, InversionTime, ContrastBolusAgent). ``unknown`` when unsure.
+
+    Parameter rules (ms), used only without a text match: inversion recovery with TI >= 1500 is FLAIR, TI <= 250
+    STIR, a gradient-echo IR with TI 300-1300 and TE < 10 T1 (MPRAGE); spin echo with TR < 1000 and TE < 30 is T1,
+    TR >= 2000 and TE >= 80 T2, TR >= 2000 and TE < 40 PD; spoiled gradient echo (SP) with TR < 50 and TE < 10 T1.
+    T1 with a contrast agent named is T1POST.
+    """
+    params = params or {}
+    text = re.sub(r"[_\-/.,;:()\[\]]+", " ", " ".join(str(t) for t in texts if t)).upper()
+    text = re.sub(r"\s+", " ", text).strip()
+    found = "unknown"
+    if text:
+        for value, patterns in _mr_patterns():
+            if any(p.search(text) for p in patterns):
+                found = value
+                break
+    if found == "unknown":
+        def flags(key):
+            v = params.get(key) or []
+            return {str(x).strip().upper() for x in (v if isinstance(v, (list, tuple)) else str(v).split("\\"))}
+
+        seq, variant = flags("ScanningSequence"), flags("SequenceVariant")
+        tr, te, ti = (_number(params.get(k)) for k in ("RepetitionTime", "EchoTime", "InversionTime"))
+        if "IR" in seq and ti is not None:
+            if ti >= 1500:
+                found = "FLAIR"
+            elif ti <= 250:
+                found = "STIR"
+            elif "GR" in seq and 300 <= ti <= 1300 and te is not None and te < 10:
+                found = "T1"
+        elif "SE" in seq and "EP" not in seq and tr is not None and te is not None:
+            if tr < 1000 and te < 30:
+                found = "T1"
+            elif tr >= 2000 and te >= 80:
+                found = "T2"
+            elif tr >= 2000 and te < 40:
+                found = "PD"
+        elif "GR" in seq and "SP" in variant and tr is not None and te is not None and tr < 50 and te < 10:
+            found = "T1"
+    if found == "T1" and str(params.get("ContrastBolusAgent") or "").strip():
+        found = "T1POST"
+    return found
+
+
+def code_of_finding(finding: str) -> str | None:
+    """The terminology code of a harmonized finding, where the findings vocabulary records one."""
+    return (load("findings").get("codes") or {}).get(finding)

@@ -87,5 +87,68 @@ def test_every_catalog_field_is_documented():
     from medcurate.schemas.sample import CATALOG_SCHEMA
 
     doc = open(os.path.join(os.path.dirname(__file__), "..", "docs", "schema.md"), encoding="utf-8").read()
-    documented = {line.split("|")[1].strip().strip("`") for line in doc.splitlines() if line.startswith("| `")}
+    sample_part = doc.split("## Dataset level")[0]
+    documented = {line.split("|")[1].strip().strip("`") for line in sample_part.splitlines() if line.startswith("| `")}
     assert documented == set(CATALOG_SCHEMA.names)
+    from medcurate.schemas.sample import DATASET_SCHEMA, SHARD_INDEX_SCHEMA
+
+    rest = doc.split("## Dataset level")[1]
+    names = {n.strip().strip("`") for line in rest.splitlines() if line.startswith("| `")
+             for n in line.split("|")[1].split(",")}
+    assert set(DATASET_SCHEMA.names) | set(SHARD_INDEX_SCHEMA.names) <= names
+
+
+def _header(name):
+    return pydicom.dcmread(os.path.join(PYDICOM_FILES, name), stop_before_pixels=True)
+
+
+def test_real_body_parts_and_mr_sequences_of_pydicom_files():
+    from medcurate.schemas.vocab import infer_mr_sequence
+
+    parts = {}
+    for name in ("JPEG-lossy.dcm", "examples_overlay.dcm", "J2K_pixelrep_mismatch.dcm"):
+        raw = _header(name).BodyPartExamined
+        parts[raw] = (vocab.lookup("body_part", raw), vocab.code("body_part", vocab.lookup("body_part", raw)))
+    assert parts == {"WHOLE BODY": ("WHOLEBODY", "SCT:38266002"), "ABDOMEN": ("ABDOMEN", "SCT:818981001"),
+                     "HEAD": ("HEAD", "SCT:69536005")}
+
+    def sequence(ds):
+        return infer_mr_sequence([ds.get("SeriesDescription"), ds.get("ProtocolName"), ds.get("SequenceName")],
+                                 {k: ds.get(k) for k in ("ScanningSequence", "SequenceVariant", "RepetitionTime",
+                                                         "EchoTime", "InversionTime", "ContrastBolusAgent")})
+
+    # spin echo, TR 4000 ms, TE 240 ms, no description: T2 from the parameters alone
+    assert sequence(_header("MR_small.dcm")) == "T2"
+    # "t1_vibe_fs_tra_bh_dyn" with "11 ml Omniscan" as contrast agent: T1 after contrast
+    assert sequence(_header("examples_overlay.dcm")) == "T1POST"
+
+
+@pytest.mark.parametrize("texts, params, expected", [
+    (["AX T2 FLAIR"], {}, "FLAIR"), (["ep2d_diff_b1000_TRACEW"], {}, "DWI"), (["ep2d_diff_ADC"], {}, "ADC"),
+    (["t1_mprage_sag_p2_iso"], {}, "T1"), (["T1 AX POST GAD"], {}, "T1POST"), (["t1gd"], {}, "T1POST"),
+    (["SWI_Images"], {}, "SWI"), (["3-plane localizer"], {}, "LOCALIZER"), (["SAG PD FS"], {}, "PD"),
+    (["Lv2"], {}, "unknown"), ([], {}, "unknown"),
+    ([], {"ScanningSequence": ["IR"], "InversionTime": "2500", "RepetitionTime": "9000", "EchoTime": "90"}, "FLAIR"),
+    ([], {"ScanningSequence": ["SE"], "RepetitionTime": "500", "EchoTime": "15"}, "T1"),
+    ([], {"ScanningSequence": ["SE"], "RepetitionTime": "1500", "EchoTime": "50"}, "unknown"),
+    ([], {"ScanningSequence": ["EP"], "RepetitionTime": "4000", "EchoTime": "90"}, "unknown"),
+])
+def test_mr_sequence_inference_says_unknown_when_unsure(texts, params, expected):
+    from medcurate.schemas.vocab import infer_mr_sequence
+
+    assert infer_mr_sequence(texts, params) == expected
+
+
+def test_schema_violations_name_the_field():
+    from medcurate.schemas.sample import SchemaViolation, validate_row
+
+    good = {"schema_version": "1.1", "key": "k", "product": "image", "dataset": "d", "kind": "image",
+            "patient_id": "p", "split": "train", "license": "MIT", "redistributable": True, "source_sha256": [],
+            "source_units": 1, "recipe_sha256": "x", "pipeline_version": "0", "shard": "-", "members": [], "bytes": 0}
+    validate_row(good)
+    for change, field in (({"fold": "two"}, "fold"), ({"age_years": "forty"}, "age_years"), ({"split": None}, "split"),
+                          ({"regions": [{"structure": "liver", "bbox": ["a"]}]}, "regions"),
+                          ({"colour": "red"}, "colour")):
+        with pytest.raises(SchemaViolation) as err:
+            validate_row({**good, **change})
+        assert err.value.field == field and field in str(err.value)

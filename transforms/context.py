@@ -13,6 +13,7 @@ class Context:
     pseudo: Pseudonymizer
     device: str = "auto"  # resample/DRR backend: auto | cpu | gpu
     split_ratios: tuple = (("train", 0.8), ("val", 0.1), ("test", 0.1))
+    folds: int = 5
     options: dict = field(default_factory=dict)
 
     def recipe(self, dataset: str) -> Recipe:

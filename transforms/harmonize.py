@@ -62,6 +62,20 @@ def geometry(image: np.ndarray, affine, unit: str, pixel_spacing=None) -> dict:
     return geo
 
 
+VOCABULARIES = ("modality", "body_part", "view", "mr_sequence", "findings")
+def study_day(header) -> int | None:
+    """The (de-identified, shifted) study date as days since 1970-01-01, or None."""
+    import datetime as dt
+
+    for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
+        value = str(header_value(header, keyword) or "")[:8]
+        try:
+            return (dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) - dt.date(1970, 1, 1)).days
+        except ValueError:
+            continue
+    return None
+
+
 OFFICIAL_SPLITS = {"train": "train", "training": "train", "tr": "train", "val": "val", "valid": "val",
                    "validation": "val", "dev": "val", "test": "test", "testing": "test", "ts": "test"}
 
@@ -127,6 +141,12 @@ class Harmonize:
             if raw and value is None:
                 unmapped[field] = str(raw)[:64]
 
+        mr_sequence = meta.pop("mr_sequence", None)
+        if modality == "MR" and mr_sequence is None:
+            mr_sequence = vocab.infer_mr_sequence([meta.get("channel")])  # MSD / nnU-Net channel names
+        if modality != "MR":
+            mr_sequence = None
+
         sex_raw = header_value(header, "PatientSex") or meta.pop("source_sex", None)
         sex = {"M": "M", "F": "F", "O": "O", "MALE": "M", "FEMALE": "F"}.get(vocab.normalize(sex_raw))
         age = meta.pop("age_years", None)
@@ -155,6 +175,12 @@ class Harmonize:
         if raw_split and official is None:
             unmapped["split"] = str(raw_split)[:32]
         split = official or assign_split(meta["patient_id"], self.ctx)
+        fold = int(self.ctx.pseudo.unit_interval("fold", meta["patient_id"]) * self.ctx.folds)
+        # Release-level facts, not catalog fields: the shifted study day (for the patient's relative day offsets)
+        # and the site where the recipe retains institution identity (a quasi-identifier for the risk report).
+        meta["study_day"] = study_day(header)
+        meta["site"] = (str(header_value(header, "InstitutionName") or "") or None) if (
+            recipe.deid.get("retain_institution_identity")) else None
         self._unmapped.inc(len(unmapped))
         meta.update(
             schema_version=SCHEMA_VERSION,
@@ -169,6 +195,8 @@ class Harmonize:
             body_part_code=vocab.code("body_part", body_part),
             view=view,
             view_raw=str(view_raw)[:64] if view_raw and sample.kind == "image" else None,
+            mr_sequence=mr_sequence,
+            mr_sequence_code=vocab.code("mr_sequence", mr_sequence),
             sex=sex,
             age_years=age,
             labels=labels,
@@ -176,12 +204,14 @@ class Harmonize:
             structures=structures,
             split=split,
             split_source="official" if official else "patient-hash",
+            fold=fold,
+            access_tier=recipe.dataset.get("access"),
             license=recipe.dataset["license"],
             redistributable=bool(recipe.dataset.get("redistributable", False)),
             original=geometry(sample.image, sample.affine, unit, meta.get("pixel_spacing_mm")),
             recipe_sha256=recipe.sha256,
             pipeline_version=__version__,
-            vocabularies={n: vocab.version(n) for n in ("modality", "body_part", "view", "findings")},
+            vocabularies={n: vocab.version(n) for n in VOCABULARIES},
             unmapped=unmapped,
         )
         yield sample.replace(meta=meta)

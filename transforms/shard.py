@@ -35,6 +35,7 @@ from PIL import Image
 from medcurate.schemas.records import QuarantineError, Sample
 from medcurate.schemas.sample import SchemaViolation, dumps, rows_to_table, validate_row
 from medcurate.transforms.io import HashingWriter, join, write_bytes
+from medcurate.transforms.release import generalize
 
 TAR_MTIME = 1577836800  # 2020-01-01T00:00:00Z, fixed for reproducible tars
 PARTS_DIR = "_parts"  # per-sample tar blocks between encoding and shard writing; removed as shards are written
@@ -56,8 +57,9 @@ class ShardSample:
     product: str
     split: str
     key: str
-    members: dict  # suffix -> bytes
+    members: dict  # suffix -> bytes, every member but the JSON record
     row: dict  # catalog row without the shard location
+    record: dict  # the JSON member, encoded when the shard is written (the release step may still change it)
 
     @property
     def size(self) -> int:
@@ -128,6 +130,7 @@ def base_row(sample: Sample, product: str, key: str) -> dict:
         "series_id": m.get("series_id"),
         "split": m["split"],
         "split_source": m.get("split_source"),
+        "fold": m.get("fold"),
         "modality": m.get("modality"),
         "modality_raw": m.get("modality_raw"),
         "body_part": m.get("body_part"),
@@ -135,12 +138,18 @@ def base_row(sample: Sample, product: str, key: str) -> dict:
         "body_part_code": m.get("body_part_code"),
         "view": m.get("view"),
         "view_raw": m.get("view_raw"),
+        "mr_sequence": m.get("mr_sequence"),
+        "mr_sequence_code": m.get("mr_sequence_code"),
         "sex": m.get("sex"),
         "age_years": m.get("age_years"),
+        "age_band": None,
+        "day_offset": None,
+        "day_offset_band": None,
         "findings": _positive(m.get("labels")),
         "labels": sorted((m.get("labels") or {}).items()) or None,
         "labels_raw": m.get("labels_raw"),
         "structures": list(m.get("structures", [])),
+        "regions": None,
         "shape": out.get("shape"),
         "spacing_mm": out.get("spacing_mm"),
         "orientation": out.get("orientation"),
@@ -155,8 +164,10 @@ def base_row(sample: Sample, product: str, key: str) -> dict:
         "caption_kind": cap.kind if cap else None,
         "caption_model": cap.model if cap else None,
         "caption_prompt_id": cap.prompt_id if cap else None,
+        "caption_seed": cap.seed if cap else None,
         "license": m["license"],
         "redistributable": m["redistributable"],
+        "access_tier": m.get("access_tier"),
         "source_sha256": list(sample.source_sha256),
         "source_units": int(sample.units),
         "recipe_sha256": m["recipe_sha256"],
@@ -165,7 +176,7 @@ def base_row(sample: Sample, product: str, key: str) -> dict:
     }
 
 
-def _record(row: dict, sample: Sample, extra: dict) -> bytes:
+def _record(row: dict, sample: Sample, extra: dict) -> dict:
     """The JSON member: the catalog row plus what only the record carries (header, de-id summary, report)."""
     header = sample.header if isinstance(sample.header, dict) else None
     is_file = header is not None and "format" in header
@@ -182,7 +193,7 @@ def _record(row: dict, sample: Sample, extra: dict) -> bytes:
         "captions": [c.to_dict() for c in sample.captions],
         **extra,
     }
-    return dumps(jsonable(doc)).encode("utf-8")
+    return jsonable(doc)
 
 
 def to_shard_samples(sample: Sample) -> list[ShardSample]:
@@ -196,20 +207,19 @@ def to_shard_samples(sample: Sample) -> list[ShardSample]:
         members = {"npy": npy_bytes(sample.image), "txt": caption}
         if sample.label is not None:
             members["seg.npy"] = npy_bytes(sample.label)
+            row["regions"] = volume_regions(sample.label, sample.label_names)
             members_extra = {"seg_values": {str(v): n for v, n in sorted(sample.label_names.items())
                                             if n in row["structures"]}}
         else:
             members_extra = {}
-        members["json"] = _record(row, sample, members_extra)
-        out.append(ShardSample(product, row["split"], key, members, row))
+        out.append(ShardSample(product, row["split"], key, members, row, _record(row, sample, members_extra)))
     else:
         product = "image" if _png_ok(sample.image) else "image_npy"
         row = base_row(sample, product, key)
         members = {"txt": caption}
         members["png" if product == "image" else "npy"] = (
             png_bytes(sample.image) if product == "image" else npy_bytes(sample.image))
-        members["json"] = _record(row, sample, {})
-        out.append(ShardSample(product, row["split"], key, members, row))
+        out.append(ShardSample(product, row["split"], key, members, row, _record(row, sample, {})))
     for view in sample.views:
         vkey = str(sample.key.derive(f"drr-{view.name}"))
         row = base_row(sample, "drr", vkey)
@@ -222,8 +232,9 @@ def to_shard_samples(sample: Sample) -> list[ShardSample]:
             intensity_unit="line-integral (display: log-window)", resampling=None,
             derivation=dumps(jsonable(derivation)), caption=cap.text if cap else None,
             caption_kind=cap.kind if cap else None, caption_model=cap.model if cap else None,
-            caption_prompt_id=cap.prompt_id if cap else None, source_units=0, findings=[], labels=None,
-            labels_raw=None,
+            caption_prompt_id=cap.prompt_id if cap else None, caption_seed=cap.seed if cap else None,
+            source_units=0, findings=[], labels=None, labels_raw=None,
+            regions=projection_regions(view.labels, view.structures),
         )
         members = {
             "png": png_bytes(view.display),
@@ -232,15 +243,45 @@ def to_shard_samples(sample: Sample) -> list[ShardSample]:
             "txt": (cap.text if cap else "").encode("utf-8"),
         }
         view_sample = dataclasses.replace(sample, captions=view.captions)
-        members["json"] = _record(row, view_sample, {"derivation": derivation, "structures": view.structures})
-        out.append(ShardSample("drr", row["split"], vkey, members, row))
+        record = _record(row, view_sample, {"derivation": derivation, "structures": view.structures})
+        out.append(ShardSample("drr", row["split"], vkey, members, row, record))
     for s in out:
-        assert tuple(sorted(s.members)) == PRODUCT_MEMBERS[s.product], (s.product, sorted(s.members))
+        assert tuple(sorted([*s.members, "json"])) == PRODUCT_MEMBERS[s.product], (s.product, sorted(s.members))
         try:
             validate_row({**s.row, "shard": "-", "members": [], "bytes": 0})
         except SchemaViolation as exc:
             raise QuarantineError("schema_violation", f"record does not fit the catalog schema at field {exc.field}",
                                   {"field": exc.field}) from None
+    return out
+
+
+def volume_regions(label: np.ndarray, names: dict) -> list[dict]:
+    """Each label value of a label map: structure name, bounding box ([start, stop) per array axis), voxel count."""
+    from scipy import ndimage
+
+    values = label.astype(np.int64, copy=False)
+    sizes = np.bincount(values.ravel()) if values.size and values.min() >= 0 else np.zeros(1, np.int64)
+    boxes = ndimage.find_objects(values) if values.size and values.min() >= 0 else []
+    out = []
+    for v, box in enumerate(boxes, start=1):
+        if box is None:
+            continue
+        out.append({"structure": names.get(v, f"label_{v}"), "mask": "seg.npy", "value": v,
+                    "bbox": [int(x) for sl in box for x in (sl.start, sl.stop)], "size": int(sizes[v])})
+    return out
+
+
+def projection_regions(maps: np.ndarray, structures: list) -> list[dict]:
+    """Each projected structure map (index = its position in ``seg.npy``): bounding box and pixel count."""
+    out = []
+    for i, name in enumerate(structures):
+        hit = np.asarray(maps[i]) > 0
+        if not hit.any():
+            continue
+        rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+        out.append({"structure": name, "mask": "seg.npy", "value": i,
+                    "bbox": [int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1],
+                    "size": int(hit.sum())})
     return out
 
 
@@ -274,6 +315,18 @@ class Part:
     gate: dict = dataclasses.field(default_factory=dict)  # identifier fingerprints (primary part only)
     audit: Optional[dict] = None  # de-identification audit record (primary part only)
     linkage: Optional[str] = None  # encrypted linkage record (primary part only)
+    record: Optional[dict] = None  # the JSON member, written first when the shard is (None: it is in the part file)
+    study_day: Optional[int] = None  # shifted study date in days, for the patient's relative day offsets
+    site: Optional[str] = None  # institution, only where the recipe retains it (a quasi-identifier)
+
+    def updated(self, **fields) -> "Part":
+        """The part with catalog fields changed in its row and its JSON record alike."""
+        record = {**self.record, **fields} if self.record is not None else None
+        return dataclasses.replace(self, row={**self.row, **fields}, record=record,
+                                   split=fields.get("split", self.split))
+
+    def json_member(self) -> bytes:
+        return tar_blocks(self.key, {"json": dumps(self.record).encode("utf-8")}) if self.record is not None else b""
 
 
 def tar_blocks(key: str, members: dict) -> bytes:
@@ -309,18 +362,21 @@ def encode_parts(sample: Sample, out_dir: str) -> list[Part]:
         blob = tar_blocks(s.key, s.members)
         rel = part_path(s)
         write_bytes(join(out_dir, rel), blob)
-        row = {**s.row, "members": [f"{s.key}.{m}" for m in sorted(s.members)], "bytes": s.size}
+        row = {**s.row, "members": [f"{s.key}.{m}" for m in sorted([*s.members, "json"])], "bytes": s.size}
         extra = {}
         if n == 0:  # the sample itself; its DRR views share its audit and identifiers
             audit = {"key": s.key, "dataset": sample.dataset, "source_sha256": list(sample.source_sha256),
                      **sample.meta.get("_audit", {})}
             extra = {"gate": dict(sample.private.get("gate", {})), "audit": audit,
                      "linkage": sample.meta.get("_linkage")}
-        parts.append(Part(s.product, s.split, s.key, len(blob), rel, row, **extra))
+        # size: for planning only (the JSON member is encoded at write time, after the release step)
+        size = len(blob) + len(dumps(s.record)) + 2 * tarfile.BLOCKSIZE
+        parts.append(Part(s.product, s.split, s.key, size, rel, row, record=s.record,
+                          study_day=sample.meta.get("study_day"), site=sample.meta.get("site"), **extra))
     return parts
 
 
-def write_shard(group: tuple, out_dir: str, gate_key=None, table=None) -> dict:
+def write_shard(group: tuple, out_dir: str, gate_key=None, table=None, level: str = "none") -> dict:
     """(shard path, [Part]) -> {entry, rows, hits, audits, linkages}. The tar is the parts in key order plus the tar
     trailer, streamed (one part in memory at a time) and scanned by the release gate on the way; then the shard's
     Parquet; then its stats JSON, the "done" marker; then the parts are deleted."""
@@ -336,8 +392,14 @@ def write_shard(group: tuple, out_dir: str, gate_key=None, table=None) -> dict:
     hashing = HashingWriter(stream)
     rows, hits = [], []
     for part in parts:
+        part = generalize(part, level)
         with FileSystems.open(join(out_dir, part.path), compression_type="uncompressed") as f:
             blob = f.read()
+        json_member = part.json_member()
+        blob = json_member + blob
+        if part.record is not None:
+            part = dataclasses.replace(part, row={**part.row, "bytes": part.row["bytes"] + len(
+                dumps(part.record).encode("utf-8"))})
         hashing.write(blob)
         if scanner is not None:
             hits += [{"file": shard, "where": where, "kind": kind} for where, kind in scanner.scan_tar(
@@ -345,7 +407,7 @@ def write_shard(group: tuple, out_dir: str, gate_key=None, table=None) -> dict:
         rows.append({**part.row, "shard": shard})
     hashing.write(tar_trailer(hashing.bytes))
     stream.close()
-    entry = {"shard": shard, "product": parts[0].product, "split": parts[0].split, "samples": len(parts),
+    entry = {"shard": shard, "url": shard, "product": parts[0].product, "split": parts[0].split, "samples": len(parts),
              "bytes": hashing.bytes, "sha256": hashing.sha256}
     buf = io.BytesIO()
     pq.write_table(rows_to_table(rows), buf, compression="zstd")

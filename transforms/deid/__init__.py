@@ -16,6 +16,7 @@ import re
 from collections import Counter
 
 from medcurate.pipelines._version import __version__
+from medcurate.schemas import vocab
 from medcurate.schemas.records import QuarantineError, Sample
 from medcurate.transforms.context import Context
 from medcurate.transforms.deid.dicom import DicomDeidentifier, burned_in_risk, table, to_json
@@ -23,6 +24,15 @@ from medcurate.transforms.deid.gate import GateKey, common_words, fingerprints, 
 from medcurate.transforms.deid.text import TextDeidentifier
 
 AGE_TOP_CODE = 90
+
+
+def _values(value) -> list:
+    """A DICOM value as a list of its values (a multi-valued element, a single value, or nothing)."""
+    if value is None or value == "":
+        return []
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        return [str(value)]
+    return [str(v) for v in value]
 
 
 def parse_age_years(text: str) -> float | None:
@@ -86,6 +96,13 @@ class Deidentify:
                 )
             meta["burned_in_risk"] = True
         original = {k: str(ds.get(k, "") or "") for k in ("PatientID", "StudyInstanceUID", "SeriesInstanceUID")}
+        if str(ds.get("Modality", "") or "").upper() == "MR":
+            # The MR sequence is read from descriptions the profile removes; only the vocabulary value travels on.
+            meta["mr_sequence"] = vocab.infer_mr_sequence(
+                [ds.get(k) for k in ("SeriesDescription", "ProtocolName", "SequenceName")]
+                + _values(ds.get("ImageType"))[2:],
+                {k: ds.get(k) for k in ("ScanningSequence", "SequenceVariant", "RepetitionTime", "EchoTime",
+                                        "InversionTime", "ContrastBolusAgent")})
         engine = DicomDeidentifier(self.ctx.pseudo, options, recipe.patient_namespace, clean_text=self.text)
         result, ids = engine.run(ds)
         meta.update(ids)
