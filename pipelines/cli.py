@@ -19,7 +19,8 @@ import sys
 import time
 
 LOG_PATH = "logs/run.log"
-OUR_OUTPUTS = ("shards", "catalog", "quarantine", "logs", "summary.json", "_parts", "audit", "release_gate.json")
+OUR_OUTPUTS = ("shards", "catalog", "quarantine", "logs", "summary.json", "_parts", "audit", "release_gate.json",
+               "DATASET_CARD.md")
 
 
 def _quiet_beam_logging() -> None:

@@ -12,6 +12,7 @@ import webdataset as wds
 from PIL import Image
 
 from medcurate.catalog.scan import list_files, scan
+from medcurate.schemas.sample import SCHEMA_VERSION
 from medcurate.transforms.shard import PRODUCT_MEMBERS
 from tests.conftest import TEST_KEY, recipe_by_name, run_cli
 
@@ -72,7 +73,7 @@ def test_shards_read_back_with_webdataset(demo_run):
             row = catalog[s["__key__"]]
             assert row["shard"] == entry["shard"] and row["product"] == entry["product"]
             record = json.loads(s["json"])
-            assert record["key"] == s["__key__"] and record["schema_version"] == "1.0"
+            assert record["key"] == s["__key__"] and record["schema_version"] == SCHEMA_VERSION == row["schema_version"]
             assert s["txt"].decode().strip() == row["caption"]
             seen.setdefault(entry["product"], []).append((s, row, record))
     assert set(seen) == {"volume", "volume_seg", "image", "image_npy", "drr"}
