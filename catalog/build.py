@@ -182,9 +182,10 @@ def finalize(out_dir: str, cards: list, discovered: dict, results: list, quarant
     }
     summary = summarize(discovered, rows, quarantine)
     summary["reidentification_risk"] = risk or risk_report([])
-    outputs[DATASETS_TABLE_PATH] = _parquet(rows_to_table(dataset_rows(cards, rows), DATASET_SCHEMA))
+    drows = dataset_rows(cards, rows)
+    outputs[DATASETS_TABLE_PATH] = _parquet(rows_to_table(drows, DATASET_SCHEMA))
     outputs[RISK_PATH] = (json.dumps(summary["reidentification_risk"], indent=1, sort_keys=True) + "\n").encode()
-    outputs[CARD_PATH] = render_card(cards, dataset_rows(cards, rows), summary).encode("utf-8")
+    outputs[CARD_PATH] = render_card(cards, drows, summary).encode("utf-8")
     hits = [h for res in results for h in res["hits"]]
     scanner = Scanner(gate_key, table)
     for rel, data in sorted(outputs.items()):
@@ -206,7 +207,7 @@ def finalize(out_dir: str, cards: list, discovered: dict, results: list, quarant
         "hits": len(hits)}
     outputs[SUMMARY_PATH] = (json.dumps(summary, indent=1, sort_keys=True) + "\n").encode()
     # the card again, now with the gate's verdict (the scanned version differs only in that sentence)
-    outputs[CARD_PATH] = render_card(cards, dataset_rows(cards, rows), summary).encode("utf-8")
+    outputs[CARD_PATH] = render_card(cards, drows, summary).encode("utf-8")
     outputs[GATE_PATH] = (json.dumps(gate, indent=1, sort_keys=True) + "\n").encode()
     for rel, data in sorted(outputs.items()):
         write_bytes(join(out_dir, rel), data)

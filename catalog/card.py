@@ -36,8 +36,8 @@ def dataset_rows(cards: list, rows: list) -> list[dict]:
         labelled = [r for r in primary if r.get("labels")]
         structures = sorted({s for r in primary for s in (r.get("structures") or [])})
         if labelled:
-            space, labels = "findings", [{"name": f, "code": vocab.code_of_finding(f)}
-                                         for f in vocab.load("findings")["findings"]]
+            # findings.yaml records no terminology codes yet (none verified), so codes stay null
+            space, labels = "findings", [{"name": f, "code": None} for f in vocab.load("findings")["findings"]]
         elif structures:
             space, labels = "structures", [{"name": s, "code": None} for s in structures]
         else:

@@ -90,7 +90,7 @@ class Curate(beam.PTransform):
         risk = (
             resolved.qi
             | "all-qi" >> beam.combiners.ToList()
-            | "risk" >> beam.Map(lambda combos, k: risk_report(combos, k), cfg.min_k)
+            | "risk" >> beam.Map(risk_report, cfg.min_k)
         )
 
         plan = (

@@ -115,8 +115,3 @@ def infer_mr_sequence(texts, params: dict | None = None) -> str:
     if found == "T1" and str(params.get("ContrastBolusAgent") or "").strip():
         found = "T1POST"
     return found
-
-
-def code_of_finding(finding: str) -> str | None:
-    """The terminology code of a harmonized finding, where the findings vocabulary records one."""
-    return (load("findings").get("codes") or {}).get(finding)

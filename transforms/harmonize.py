@@ -16,6 +16,7 @@ from medcurate.schemas.sample import SCHEMA_VERSION
 from medcurate.transforms.common import counter
 from medcurate.transforms.context import Context
 from medcurate.transforms.deid import parse_age_years
+from medcurate.transforms.deid.dicom import parse_date
 
 
 def header_value(header, keyword: str):
@@ -68,11 +69,9 @@ def study_day(header) -> int | None:
     import datetime as dt
 
     for keyword in ("StudyDate", "SeriesDate", "AcquisitionDate", "ContentDate"):
-        value = str(header_value(header, keyword) or "")[:8]
-        try:
-            return (dt.date(int(value[:4]), int(value[4:6]), int(value[6:8])) - dt.date(1970, 1, 1)).days
-        except ValueError:
-            continue
+        day = parse_date(header_value(header, keyword))
+        if day is not None:
+            return (day - dt.date(1970, 1, 1)).days
     return None
 
 

@@ -55,14 +55,13 @@ def day_band(days) -> str | None:
     return None
 
 
-def qi_values(qi: dict, level: tuple) -> tuple:
-    """One patient's quasi-identifier combination at a generalization level."""
+def qi_values(combination: tuple, level: tuple) -> tuple:
+    """One patient's quasi-identifier combination (values in ``QUASI_IDENTIFIERS`` order) at a generalization level."""
     _, width, band_days, drop_days = level
-    age = qi.get("age")
+    age, sex, body_part, days, site = combination
     age = None if width is None else (age if width == 0 else age_band(age, width))
-    days = qi.get("day_offset")
     days = None if drop_days else (day_band(days) if band_days else days)
-    return (age, qi.get("sex"), qi.get("body_part"), days, qi.get("site"))
+    return (age, sex, body_part, days, site)
 
 
 def _primary(part) -> bool:
@@ -89,9 +88,8 @@ def resolve_patient(group):
             changes.update(split=target, split_source="patient-resolved")
         part = part.updated(**changes)
         if _primary(part):
-            qi = {"age": part.row.get("age_years"), "sex": part.row.get("sex"), "body_part": part.row.get("body_part"),
-                  "day_offset": part.row.get("day_offset"), "site": part.site}
-            combination = tuple(sorted(qi.items(), key=lambda kv: kv[0]))
+            row = part.row
+            combination = (row.get("age_years"), row.get("sex"), row.get("body_part"), row.get("day_offset"), part.site)
             if combination not in seen:
                 seen.add(combination)
                 yield beam.pvalue.TaggedOutput("qi", combination)
@@ -101,7 +99,7 @@ def resolve_patient(group):
 def _classes(counts: Counter, level: tuple) -> Counter:
     classes: Counter = Counter()
     for combination, n in counts.items():
-        classes[qi_values(dict(combination), level)] += n
+        classes[qi_values(combination, level)] += n
     return classes
 
 
@@ -126,13 +124,12 @@ def risk_report(combinations: list, min_k: int = 0) -> dict:
                       len(LEVELS) - 1)
     level = LEVELS[chosen]
     classes = _classes(counts, level)
-    names = ("age", "sex", "body_part", "day_offset", "site")
     smallest = sorted(classes.items(), key=lambda kv: (kv[1], str(kv[0])))[:5]
-    described = [{"patients": n, "fields": [f for f, v in zip(names, values) if v is not None]}
+    described = [{"patients": n, "fields": [f for f, v in zip(QUASI_IDENTIFIERS, values) if v is not None]}
                  for values, n in smallest]
     # which field drives the risk: k and unique share with that one field left out
     drivers = []
-    for i, field in enumerate(names):
+    for i, field in enumerate(QUASI_IDENTIFIERS):
         dropped = Counter()
         for values, n in classes.items():
             dropped[values[:i] + (None,) + values[i + 1:]] += n

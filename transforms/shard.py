@@ -259,15 +259,13 @@ def volume_regions(label: np.ndarray, names: dict) -> list[dict]:
     """Each label value of a label map: structure name, bounding box ([start, stop) per array axis), voxel count."""
     from scipy import ndimage
 
-    values = label.astype(np.int64, copy=False)
-    sizes = np.bincount(values.ravel()) if values.size and values.min() >= 0 else np.zeros(1, np.int64)
-    boxes = ndimage.find_objects(values) if values.size and values.min() >= 0 else []
     out = []
-    for v, box in enumerate(boxes, start=1):
+    for v, box in enumerate(ndimage.find_objects(label), start=1):  # label maps are non-negative integers
         if box is None:
             continue
         out.append({"structure": names.get(v, f"label_{v}"), "mask": "seg.npy", "value": v,
-                    "bbox": [int(x) for sl in box for x in (sl.start, sl.stop)], "size": int(sizes[v])})
+                    "bbox": [int(x) for sl in box for x in (sl.start, sl.stop)],
+                    "size": int(np.count_nonzero(label[box] == v))})
     return out
 
 
@@ -325,8 +323,6 @@ class Part:
         return dataclasses.replace(self, row={**self.row, **fields}, record=record,
                                    split=fields.get("split", self.split))
 
-    def json_member(self) -> bytes:
-        return tar_blocks(self.key, {"json": dumps(self.record).encode("utf-8")}) if self.record is not None else b""
 
 
 def tar_blocks(key: str, members: dict) -> bytes:
@@ -395,11 +391,10 @@ def write_shard(group: tuple, out_dir: str, gate_key=None, table=None, level: st
         part = generalize(part, level)
         with FileSystems.open(join(out_dir, part.path), compression_type="uncompressed") as f:
             blob = f.read()
-        json_member = part.json_member()
-        blob = json_member + blob
-        if part.record is not None:
-            part = dataclasses.replace(part, row={**part.row, "bytes": part.row["bytes"] + len(
-                dumps(part.record).encode("utf-8"))})
+        if part.record is not None:  # the JSON member goes first, as "json" sorts first among every product's members
+            data = dumps(part.record).encode("utf-8")
+            blob = tar_blocks(part.key, {"json": data}) + blob
+            part = dataclasses.replace(part, row={**part.row, "bytes": part.row["bytes"] + len(data)})
         hashing.write(blob)
         if scanner is not None:
             hits += [{"file": shard, "where": where, "kind": kind} for where, kind in scanner.scan_tar(

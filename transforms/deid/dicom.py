@@ -151,15 +151,22 @@ class DeidResult:
     dates_unparsed: int = 0
 
 
-def shift_date(value: str, days: int) -> Optional[str]:
-    value = value.strip()
+def parse_date(value) -> Optional[dt.date]:
+    """The date of a DA value, or the date part of a DT value (YYYYMMDD...), or None."""
+    value = str(value or "").strip()
     if len(value) < 8 or not value[:8].isdigit():
         return None
     try:
-        day = dt.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
+        return dt.date(int(value[:4]), int(value[4:6]), int(value[6:8]))
     except ValueError:
         return None
-    return (day + dt.timedelta(days=days)).strftime("%Y%m%d") + value[8:]
+
+
+def shift_date(value: str, days: int) -> Optional[str]:
+    day = parse_date(value)
+    if day is None:
+        return None
+    return (day + dt.timedelta(days=days)).strftime("%Y%m%d") + value.strip()[8:]
 
 
 def top_code_age(value: str) -> str:
