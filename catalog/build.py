@@ -95,6 +95,7 @@ def summarize(discovered: dict, rows: list[dict], quarantine: list) -> dict:
             c = Counter(r.get(field) or "-" for r in subset)
             out[field] = dict(sorted(c.items()))
         out["findings"] = dict(sorted(Counter(f for r in subset for f in (r.get("findings") or [])).items()))
+        out["structures"] = dict(sorted(Counter(s for r in subset for s in (r.get("structures") or [])).items()))
         out["samples"] = len(subset)
         out["patients"] = len({r["patient_id"] for r in subset})
         return out

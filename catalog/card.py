@@ -36,10 +36,10 @@ def dataset_rows(cards: list, rows: list) -> list[dict]:
         labelled = [r for r in primary if r.get("labels")]
         structures = sorted({s for r in primary for s in (r.get("structures") or [])})
         if labelled:
-            # findings.yaml records no terminology codes yet (none verified), so codes stay null
-            space, labels = "findings", [{"name": f, "code": None} for f in vocab.load("findings")["findings"]]
+            space, labels = "findings", [{"name": f, "code": vocab.finding_code(f)}
+                                         for f in vocab.load("findings")["findings"]]
         elif structures:
-            space, labels = "structures", [{"name": s, "code": None} for s in structures]
+            space, labels = "structures", [{"name": s, "code": vocab.code("structures", s)} for s in structures]
         else:
             space, labels = None, []
         out.append({
@@ -112,8 +112,15 @@ def render_card(cards: list, drows: list, summary: dict) -> str:
                 for d in drows if d["label_space"] == "findings")
         out += ["## Label prevalence", "", f"Positive samples among the {n} samples with finding labels "
                 "(three-valued labels: positive, negative, unknown; see the catalog's `labels`).", ""]
-        out += [_table(["finding", "positive", "prevalence"],
-                       [[f, c, f"{c / n:.3f}" if n else "-"] for f, c in sorted(findings.items())]), ""]
+        out += [_table(["finding", "code", "positive", "prevalence"],
+                       [[f, vocab.finding_code(f) or "-", c, f"{c / n:.3f}" if n else "-"]
+                        for f, c in sorted(findings.items())]), ""]
+    structures = fused.get("structures", {})
+    if structures:
+        out += ["## Structures", "", "Samples whose label map holds each structure (harmonized names, "
+                "`schemas/vocab/structures.yaml`; composites such as BraTS whole tumour appear as regions).", ""]
+        out += [_table(["structure", "code", "samples"],
+                       [[s, vocab.code("structures", s) or "-", c] for s, c in sorted(structures.items())]), ""]
     out += ["## Re-identification risk", ""]
     if risk.get("levels"):
         out += [f"Quasi-identifiers: {', '.join(risk['quasi_identifiers'])}; unit: {risk['unit']}. Applied "

@@ -9,6 +9,7 @@ import copy
 import hashlib
 import os
 import posixpath
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -98,7 +99,8 @@ SCHEMA: dict[str, Any] = {
                 "images": {"type": "string"},
                 "labels": {"type": "string"},
                 "structures_csv": {"type": "string"},
-                "labels_csv": {"type": "string"},
+                "labels_csv": {"anyOf": [{"type": "string"},
+                                         {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
                 "labels_json": {"type": "string"},
                 "csv_delimiter": {"type": "string", "minLength": 1, "maxLength": 1},
                 "dataset_json": {"type": "string"},
@@ -108,12 +110,23 @@ SCHEMA: dict[str, Any] = {
                     "required": ["image"],
                     "additionalProperties": False,
                     "properties": {
-                        k: {"type": "string"}
-                        for k in ("image", "labels", "patient", "view", "age", "sex", "study", "split", "report")
+                        **{k: {"type": "string"}
+                           for k in ("image", "labels", "patient", "age", "sex", "study", "split", "report")},
+                        # several columns: the first non-blank one (CheXpert: AP/PA, else Frontal/Lateral)
+                        "view": {"anyOf": [{"type": "string"},
+                                           {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
                     },
                 },
                 "reports": {"type": "string"},
                 "label_vocabulary": {"type": "string"},
+                "label_columns": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
+                                  "uniqueItems": True},
+                "uncertain_labels": {"enum": ["unknown", "positive", "negative"]},
+                "path_fields": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {k: {"type": "string", "minLength": 1} for k in ("patient", "study", "split")},
+                },
             },
             "additionalProperties": False,
             "allOf": [
@@ -125,6 +138,9 @@ SCHEMA: dict[str, Any] = {
                 {"if": {"properties": {"adapter": {"const": "nifti-folder"}}}, "then": {"required": ["images"]}},
                 {"if": {"anyOf": [{"required": ["labels_csv"]}, {"required": ["labels_json"]}]},
                  "then": {"required": ["columns"]}},
+                {"if": {"required": ["label_columns"]},
+                 "then": {"required": ["label_vocabulary"], "anyOf": [{"required": ["labels_csv"]},
+                                                                      {"required": ["labels_json"]}]}},
             ],
         },
         "defaults": {
@@ -200,9 +216,13 @@ HINTS = {
     "source.adapter": "one of " + ", ".join(ADAPTERS),
     "source.root": "the dataset folder, relative to the recipe file or an absolute path / gs:// / s3:// URL",
     "source.images": "a glob relative to root, e.g. 'images/*.png' or 'imagesTr/*.nii.gz'",
-    "source.labels_csv": "the label table, relative to root, e.g. 'Data_Entry_2017.csv' (or labels_json)",
+    "source.labels_csv": "the label table(s), relative to root, e.g. 'Data_Entry_2017.csv' or [train.csv, valid.csv]",
     "source.labels_json": "a JSON list of records, or an object keyed by image name",
     "source.columns": "map 'image' (required), 'labels', 'patient', 'view', 'age', 'sex' to CSV column names",
+    "source.label_columns": "the table's label columns, one per label (CheXpert style: 1, 0, -1 or blank)",
+    "source.label_vocabulary": "a label space of schemas/vocab/findings.yaml, e.g. chestxray14 or chexpert",
+    "source.uncertain_labels": "unknown (U-Ignore, default), positive (U-Ones) or negative (U-Zeros)",
+    "source.path_fields": "regexes with one group over the file's path under root, e.g. patient: '(patient\\d+)/'",
     "defaults.modality": MODALITY_HINT,
     "processing.resample.spacing_mm": "three positive numbers in mm, e.g. [1.5, 1.5, 1.5]",
 }
@@ -321,6 +341,7 @@ def from_dict(doc: dict, base_dir: str, text: str | None = None, where: str = "r
             f"{where} is not a valid recipe:\n  deid.retain_long_full_dates: cannot be combined with "
             "retain_long_modified_dates (fix: set one of them to false)"
         )
+    _check_source(doc["source"], where)
     return Recipe(
         id=doc["dataset"]["id"],
         dataset=doc["dataset"],
@@ -331,6 +352,27 @@ def from_dict(doc: dict, base_dir: str, text: str | None = None, where: str = "r
         sha256=hashlib.sha256(text.encode("utf-8")).hexdigest(),
         root=_resolve(base_dir, doc["source"]["root"]),
     )
+
+
+def _check_source(src: dict, where: str) -> None:
+    """What JSON Schema cannot say: the label space exists, path_fields are regexes with one group."""
+    from medcurate.schemas import vocab
+
+    problems = []
+    spaces = vocab.load("findings")["label_spaces"]
+    if src.get("label_vocabulary") and src["label_vocabulary"] not in spaces:
+        problems.append(f"  source.label_vocabulary: unknown label space {src['label_vocabulary']!r} "
+                        f"(fix: one of {', '.join(sorted(spaces))}, or add one to schemas/vocab/findings.yaml)")
+    for name, pattern in (src.get("path_fields") or {}).items():
+        try:
+            groups = re.compile(pattern).groups
+        except re.error as exc:
+            problems.append(f"  source.path_fields.{name}: not a regular expression ({exc})")
+            continue
+        if groups != 1:
+            problems.append(f"  source.path_fields.{name}: needs exactly one capture group, has {groups}")
+    if problems:
+        raise RecipeError(f"{where} is not a valid recipe:\n" + "\n".join(problems))
 
 
 def load(path: str) -> Recipe:

@@ -10,7 +10,8 @@ import json
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.1"  # 1.1: fold, mr_sequence, age_band, day_offset, regions, caption_seed, access_tier
+SCHEMA_VERSION = "1.2"  # 1.1: fold, mr_sequence, age_band, day_offset, regions, caption_seed, access_tier;
+#                         1.2: structures_raw, regions.members (composite regions), harmonized structure names
 
 _str = pa.string()
 # A labelled region of a sample: which structure, its value in the sample's label member, its bounding box in
@@ -21,6 +22,7 @@ REGION = pa.struct([
     pa.field("value", pa.int32()),
     pa.field("bbox", pa.list_(pa.int32())),
     pa.field("size", pa.int64()),
+    pa.field("members", pa.list_(_str)),  # a composite (BraTS whole tumour, tumour core): its member structures
 ])
 CATALOG_SCHEMA = pa.schema(
     [
@@ -55,6 +57,7 @@ CATALOG_SCHEMA = pa.schema(
         pa.field("labels", pa.map_(_str, pa.int8())),
         pa.field("labels_raw", _str),
         pa.field("structures", pa.list_(_str)),
+        pa.field("structures_raw", pa.list_(_str)),
         pa.field("regions", pa.list_(REGION)),
         pa.field("shape", pa.list_(pa.int32())),
         pa.field("spacing_mm", pa.list_(pa.float64())),

@@ -46,7 +46,35 @@ def lookup(name: str, raw) -> str | None:
 def code(name: str, value: str | None) -> str | None:
     if value is None:
         return None
-    return load(name)["values"].get(value, {}).get("code")
+    return (load(name)["values"].get(value) or {}).get("code")
+
+
+def finding_code(finding: str) -> str | None:
+    return (load("findings")["findings"].get(finding) or {}).get("code")
+
+
+def structure_names(raw_names: dict) -> tuple[dict, list]:
+    """{label value: source name} -> ({label value: harmonized structure}, source names with no entry). An
+    unmapped name is kept as it is, never guessed."""
+    out, unmapped = {}, []
+    for value, raw in raw_names.items():
+        name = lookup("structures", raw)
+        if name is None:
+            unmapped.append(str(raw))
+        out[value] = name or str(raw)
+    return out, sorted(set(unmapped))
+
+
+def composites(present) -> list[tuple[str, list]]:
+    """Composite structures (``members`` in structures.yaml, e.g. BraTS whole tumour and tumour core) with at least
+    one member among ``present`` and not present themselves: [(composite, [members present])]."""
+    present = set(present)
+    out = []
+    for value, entry in load("structures")["values"].items():
+        members = [m for m in entry.get("members", []) if m in present]
+        if members and value not in present:
+            out.append((value, members))
+    return out
 
 
 def version(name: str) -> str:

@@ -68,7 +68,8 @@ defaults: {{modality: MR, body_part: HEAD}}
 processing: {{resample: {{spacing_mm: [2.0, 2.0, 2.0]}}}}
 """)
     assert sorted(r["product"] for r in rows) == ["volume"] * 2 + ["volume_seg"] * 4
-    assert all(r["structures"] == ["tumour"] for r in rows if r["product"] == "volume_seg")
+    segs = [r for r in rows if r["product"] == "volume_seg"]
+    assert all(r["structures"] == ["neoplasm"] and r["structures_raw"] == ["tumour"] for r in segs)
     assert {(q["reason"]) for q in quarantine} == {"orphan_image", "missing_file"}
     assert summary["total"] == {"discovered": 5, "written": 3, "quarantined": 2, "reconciled": True}
     patients = {}
@@ -204,3 +205,129 @@ defaults: {{modality: XR, body_part: CHEST}}
                                                                shardshuffle=False)]
     reports = " ".join(r["report"] for r in records)
     assert "John" not in reports and "8812345" not in reports and "Roe" not in reports and "mass" in reports
+
+
+def test_brats_subregions_harmonized_with_whole_tumour_and_core_regions(tmp_path, key_file):
+    """MSD Task01's label names (edema, non-enhancing tumor, enhancing tumour) become the BraTS sub-regions; the
+    record gets whole-tumour and tumour-core regions whose boxes and sizes match the label map read back."""
+    import webdataset as wds
+
+    task = tmp_path / "Task01_Toy"
+    image = np.stack([phantom((24, 24, 12), 1), phantom((24, 24, 12), 2)], axis=-1)
+    save_nifti(str(task / "imagesTr" / "BRATS_001.nii.gz"), image)
+    lab = np.zeros((24, 24, 12), np.uint8)
+    lab[4:14, 5:15, 2:9] = 1  # edema
+    lab[7:11, 8:12, 4:7] = 2  # non-enhancing core inside it
+    lab[14:18, 15:20, 6:10] = 3  # enhancing part outside the edema box
+    save_nifti(str(task / "labelsTr" / "BRATS_001.nii.gz"), lab)
+    doc = {"name": "BRATS", "modality": {"0": "FLAIR", "1": "T1gd"},
+           "labels": {"0": "background", "1": "edema", "2": "non-enhancing tumor", "3": "enhancing tumour"},
+           "training": [{"image": "./imagesTr/BRATS_001.nii.gz", "label": "./labelsTr/BRATS_001.nii.gz"}], "test": []}
+    (task / "dataset.json").write_text(json.dumps(doc))
+    rows, summary, quarantine = run(tmp_path, key_file, f"""
+dataset: {{id: brats-toy, license: CC-BY-SA-4.0}}
+source: {{adapter: msd, root: {task}}}
+defaults: {{modality: MR, body_part: HEAD}}
+processing: {{resample: false}}
+""")
+    assert not quarantine and len(rows) == 2
+    row = rows[0]
+    assert row["structures"] == ["tumor_edema", "tumor_enhancing", "tumor_necrotic_core"]
+    assert row["structures_raw"] == ["edema", "enhancing tumour", "non-enhancing tumor"]
+    assert "structures" not in " ".join(row["unmapped"])
+    assert {r["mr_sequence"] for r in rows} == {"FLAIR", "T1POST"}
+
+    shard = next((tmp_path / "out-r" / "shards" / "volume_seg").glob("*.tar"))
+    sample = next(iter(wds.WebDataset(str(shard), shardshuffle=False).decode()))
+    seg, record = sample["seg.npy"], sample["json"]
+    names = {int(v): n for v, n in record["seg_values"].items()}
+    by_name = {r["structure"]: r for r in record["regions"]}
+    assert set(by_name) == {"tumor_edema", "tumor_necrotic_core", "tumor_enhancing", "tumor_whole", "tumor_core"}
+
+    def box(mask):
+        idx = np.nonzero(mask)
+        return [int(x) for axis in idx for x in (axis.min(), axis.max() + 1)]
+
+    value = {n: v for v, n in names.items()}
+    whole = seg > 0
+    core = np.isin(seg, [value["tumor_necrotic_core"], value["tumor_enhancing"]])
+    assert by_name["tumor_whole"]["bbox"] == box(whole) and by_name["tumor_whole"]["size"] == int(whole.sum())
+    assert by_name["tumor_core"]["bbox"] == box(core) and by_name["tumor_core"]["size"] == int(core.sum())
+    assert by_name["tumor_whole"]["value"] is None and by_name["tumor_core"]["members"] == [
+        "tumor_necrotic_core", "tumor_enhancing"]
+    for name in ("tumor_edema", "tumor_enhancing"):
+        assert by_name[name]["bbox"] == box(seg == value[name])
+
+
+def test_chexpert_layout_with_label_columns_paths_and_folder_fields(tmp_path, key_file):
+    """CheXpert: two tables (train.csv, valid.csv) name images by their path under the dataset folder's parent;
+    file names repeat across patients; one column per label (1, 0, -1, blank); patient, study and split are folder
+    names; the view is AP/PA, else Frontal/Lateral."""
+    import webdataset as wds
+
+    root = tmp_path / "CheXpert-v1.0-small"
+    header = ("Path,Sex,Age,Frontal/Lateral,AP/PA,No Finding,Enlarged Cardiomediastinum,Cardiomegaly,Lung Opacity,"
+              "Lung Lesion,Edema,Consolidation,Pneumonia,Atelectasis,Pneumothorax,Pleural Effusion,Pleural Other,"
+              "Fracture,Support Devices")
+    entries = {  # path under root: (sex, age, frontal/lateral, ap/pa, labels by column)
+        "train/patient00001/study1/view1_frontal.jpg": ("Female", 68, "Frontal", "AP",
+                                                        {"No Finding": "1.0", "Support Devices": "1.0"}),
+        "train/patient00001/study2/view1_frontal.jpg": ("Female", 68, "Frontal", "PA",
+                                                        {"Cardiomegaly": "1.0", "Edema": "-1.0", "Pneumonia": "0.0"}),
+        "train/patient00002/study1/view1_frontal.jpg": ("Male", 87, "Frontal", "AP", {"Pleural Effusion": "1.0"}),
+        "train/patient00002/study1/view2_lateral.jpg": ("Male", 87, "Lateral", "", {"Pleural Effusion": "1.0"}),
+        "valid/patient64541/study1/view1_frontal.jpg": ("Male", 73, "Frontal", "AP", {"Edema": "1.0"}),
+    }
+    columns = header.split(",")[5:]
+    tables = {"train": [header], "valid": [header]}
+    for n, (rel, (sex, age, fl, appa, labels)) in enumerate(entries.items()):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(((np.arange(48 * 40).reshape(48, 40) * (n + 3)) % 251).astype(np.uint8)).save(root / rel)
+        cells = [f"CheXpert-v1.0-small/{rel}", sex, str(age), fl, appa] + [labels.get(c, "") for c in columns]
+        tables[rel.split("/")[0]].append(",".join(cells))
+    for name, lines in tables.items():
+        (root / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    recipe = f"""
+dataset: {{id: chexpert-toy, license: LicenseRef-CheXpert-RUA, access: registration}}
+source:
+  adapter: image-csv
+  root: {root}
+  images: "*/patient*/study*/*.jpg"
+  labels_csv: [train.csv, valid.csv]
+  columns: {{image: Path, age: Age, sex: Sex, view: [AP/PA, Frontal/Lateral]}}
+  label_columns: [{", ".join(columns)}]
+  label_vocabulary: chexpert
+  path_fields: {{patient: '(patient\\d+)/', study: '(patient\\d+/study\\d+)/', split: '^(train|valid)/'}}
+defaults: {{modality: XR, body_part: CHEST}}
+"""
+    rows, summary, quarantine = run(tmp_path, key_file, recipe)
+    assert not quarantine and len(rows) == 5
+    assert {r["split"] for r in rows} == {"train", "val"} and {r["split_source"] for r in rows} == {"official"}
+    patients = {}
+    for r in rows:
+        patients.setdefault(r["patient_id"], set()).add(r["study_id"])
+    assert sorted(len(s) for s in patients.values()) == [1, 1, 2]  # 3 patients; patient00001 has two studies
+    by_raw = {r["labels_raw"]: r for r in rows}
+    healthy = by_raw["No Finding=1.0|Support Devices=1.0"]
+    labels = dict(healthy["labels"])
+    assert labels["Support Devices"] == 1 and labels["Cardiomegaly"] == 0 and labels["Nodule"] == -1
+    sick = dict(by_raw["Cardiomegaly=1.0|Edema=-1.0|Pneumonia=0.0"]["labels"])
+    assert sick["Cardiomegaly"] == 1 and sick["Edema"] == -1 and sick["Pneumonia"] == 0 and sick["Fracture"] == -1
+    assert sorted(r["view"] for r in rows) == ["AP", "AP", "AP", "LATERAL", "PA"]
+    assert {r["sex"] for r in rows} == {"M", "F"} and sorted(r["age_years"] for r in rows)[0] == 68.0
+
+    out = tmp_path / "out-r"
+    text = " ".join(p.read_text(errors="replace") for p in out.rglob("*.json*")) + str(rows)
+    for tar in (out / "shards").rglob("*.tar"):
+        for s in wds.WebDataset(str(tar), shardshuffle=False):
+            text += " " + s["__key__"] + " " + s["json"].decode()
+    assert "patient00001" not in text and "patient64541" not in text and "view1_frontal" not in text
+    cards = pq.read_table(out / "catalog" / "datasets.parquet").to_pylist()
+    codes = {d["name"]: d["code"] for d in cards[0]["labels"]}
+    assert cards[0]["label_space"] == "findings" and codes["Pleural Effusion"] == "SCT:60046008"
+
+    # A label column the table lacks stops this dataset with a reason naming the column, not a crash.
+    bad = recipe.replace("label_columns: [", "label_columns: [Covid-19, ")
+    rows, summary, quarantine = run(tmp_path, key_file, bad, name="bad.yaml")
+    assert rows == [] and [q["reason"] for q in quarantine] == ["recipe_table_mismatch"]
+    assert "'Covid-19'" in quarantine[0]["message"]

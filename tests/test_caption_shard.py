@@ -106,3 +106,20 @@ def _row(key):
     row.pop("shard")
     row.update(members=[f"{key}.json", f"{key}.png", f"{key}.txt"], bytes=0)
     return row
+
+
+def test_projection_regions_add_composites_from_the_union_of_member_maps():
+    import numpy as np
+
+    from medcurate.transforms.shard import projection_regions
+
+    maps = np.zeros((3, 20, 30), np.uint8)
+    maps[0, 2:6, 3:9] = 1  # tumor_edema
+    maps[1, 10:15, 20:28] = 1  # tumor_enhancing
+    maps[2, 4:12, 5:7] = 1  # liver: no composite member
+    regions = projection_regions(maps, ["tumor_edema", "tumor_enhancing", "liver"])
+    by_name = {r["structure"]: r for r in regions}
+    assert by_name["tumor_whole"]["bbox"] == [2, 15, 3, 28]
+    assert by_name["tumor_whole"]["size"] == int(((maps[0] > 0) | (maps[1] > 0)).sum())
+    assert by_name["tumor_core"]["bbox"] == [10, 15, 20, 28] and by_name["tumor_core"]["members"] == ["tumor_enhancing"]
+    assert by_name["liver"]["value"] == 2 and "members" not in by_name["liver"]

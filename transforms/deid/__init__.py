@@ -146,7 +146,8 @@ class Deidentify:
             identifiers += [("text", t) for t in re.split(r"[^A-Za-z0-9^]+", text) if len(t) >= 2]
         row = dict(sample.private.get("row", ()))
         columns = recipe.source.get("columns", {})
-        raw_patient = (row.get(columns.get("patient", ""), "") or "").strip()
+        from_path = path_fields(recipe, sample.private.get("source") or "")
+        raw_patient = (row.get(columns.get("patient", ""), "") or "").strip() or from_path.get("patient", "")
         if raw_patient:
             identity = "id:" + raw_patient
             identifiers.append(("id", raw_patient))
@@ -156,14 +157,22 @@ class Deidentify:
             identity = "file:" + sample.key.digest
         meta.pop("case", None)
         meta["patient_id"] = self.ctx.pseudo.patient(recipe.patient_namespace, identity)
-        study = (row.get(columns.get("study", ""), "") or "").strip()
+        study = (row.get(columns.get("study", ""), "") or "").strip() or from_path.get("study", "")
+        if from_path.get("study"):
+            identifiers.append(("id", from_path["study"]))
         meta["study_id"] = "s" + self.ctx.pseudo.digest("study", recipe.id, study, length=20) if study else None
         meta["series_id"] = None
         if "age" in columns:
             meta["age_years"] = parse_age_years(row.get(columns["age"], ""))
         for field in ("sex", "view", "labels", "split"):
             if field in columns:
-                meta[f"source_{field}"] = (row.get(columns[field], "") or "").strip()
+                names = columns[field] if isinstance(columns[field], list) else [columns[field]]
+                meta[f"source_{field}"] = next(
+                    (v for v in ((row.get(n) or "").strip() for n in names) if v), "")
+        if not meta.get("source_split") and from_path.get("split"):
+            meta["source_split"] = from_path["split"]
+        if recipe.source.get("label_columns"):  # one column per label: values are codes (1, 0, -1, blank)
+            meta["source_label_values"] = [(c, (row.get(c) or "").strip()) for c in recipe.source["label_columns"]]
         text = dict(sample.text)
         entity_counts: Counter = Counter()
         report = sample.private.get("report")
@@ -186,6 +195,17 @@ class Deidentify:
         linkage = {"source": sample.private.get("source"), "patient_id": raw_patient or None,
                    "patient_pseudonym": meta["patient_id"], "study": study or None}
         return self._finish(sample, meta, identifiers, audit, linkage, text=text)
+
+
+def path_fields(recipe, source_path: str) -> dict:
+    """``source.path_fields`` regexes over a file's path under root -> {field: first group} (CheXpert keeps the
+    patient, study and split in folder names: train/patient00001/study1/view1_frontal.jpg)."""
+    out = {}
+    for field, pattern in (recipe.source.get("path_fields") or {}).items():
+        m = re.search(pattern, source_path)
+        if m and m.group(1):
+            out[field] = m.group(1)
+    return out
 
 
 def encrypt_linkage(key, record: dict) -> str:
