@@ -105,7 +105,7 @@ def test_totalsegmentator_folders_with_meta_csv(tmp_path, key_file):
     root = tmp_path / "Totalsegmentator_dataset"
     for n, subject in enumerate(("s0001", "s0002")):
         save_nifti(str(root / subject / "ct.nii.gz"), phantom((18, 18, 16), n))
-        for value, name in ((1, "liver"), (2, "spleen")):
+        for value, name in ((1, "liver"), (2, "spleen"), (3, "tumor_bed_clinic_x")):
             mask = np.zeros((18, 18, 16), np.uint8)
             mask[4 * value:4 * value + 3, 5:9, 5:9] = 1
             save_nifti(str(root / subject / "segmentations" / f"{name}.nii.gz"), mask)
@@ -126,7 +126,10 @@ processing: {{drr: false}}
     assert set(by_split) == {"train", "test"} and {r["split_source"] for r in rows} == {"official"}
     assert by_split["train"]["age_years"] == 64.0 and by_split["train"]["sex"] == "M"
     assert by_split["test"]["age_years"] == 90.0 and by_split["test"]["sex"] == "F"  # 95 top-coded
-    assert all(r["structures"] == ["liver", "spleen"] for r in rows)
+    # A structure name no vocabulary entry has is kept raw, never guessed, and listed in the run summary.
+    assert all(r["structures"] == ["liver", "spleen", "tumor_bed_clinic_x"] for r in rows)
+    assert all(r["unmapped"] == ["structures=tumor_bed_clinic_x"] for r in rows)
+    assert summary["unmapped_values"] == {"structures=tumor_bed_clinic_x": 2}
 
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha", ".mhd", ".hdr"])
