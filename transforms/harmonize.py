@@ -132,12 +132,12 @@ def harmonize_label_columns(values: list, space_name: str, uncertain: str = "unk
     """
     space = vocab.label_space(space_name)
     labels = {f: -1 for f in vocab.load("findings")["findings"]}
-    unmapped, healthy = [], False
+    unmapped, healthy, uncertain_findings = [], False, set()
     for column, raw in values:
-        code = LABEL_CODES.get(raw.strip())
         if raw.strip() not in LABEL_CODES:  # not echoed: a free-text cell could hold anything
             unmapped.append(f"{column}=<not 1, 0, -1 or blank>")
             continue
+        code = LABEL_CODES[raw.strip()]
         if column == space.get("none"):
             healthy = code == 1
             continue
@@ -146,14 +146,12 @@ def harmonize_label_columns(values: list, space_name: str, uncertain: str = "unk
             unmapped.append(column)
         elif code == "uncertain":
             labels[target] = UNCERTAIN[uncertain]
+            uncertain_findings.add(target)
         elif code is not None:
             labels[target] = code
-    if healthy:
-        covered = set(space["map"].values()) - set(space.get("none_excludes", []))
-        for finding in covered:
-            if labels[finding] == -1 and not any(
-                    space["map"].get(c) == finding and LABEL_CODES.get(v.strip()) == "uncertain" for c, v in values):
-                labels[finding] = 0
+    if healthy:  # "No Finding": what it covers and the row does not mention is negative
+        covered = set(space["map"].values()) - set(space.get("none_excludes", [])) - uncertain_findings
+        labels.update({f: 0 for f in covered if labels[f] == -1})
     raw = "|".join(f"{c}={v.strip() if v.strip() in LABEL_CODES else '?'}" for c, v in values if v.strip())
     return labels, unmapped, raw
 
