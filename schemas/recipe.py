@@ -107,7 +107,6 @@ SCHEMA: dict[str, Any] = {
                 "label_separator": {"type": "string", "minLength": 1},
                 "columns": {
                     "type": "object",
-                    "required": ["image"],
                     "additionalProperties": False,
                     "properties": {
                         **{k: {"type": "string"}
@@ -122,6 +121,7 @@ SCHEMA: dict[str, Any] = {
                 "label_columns": {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1,
                                   "uniqueItems": True},
                 "uncertain_labels": {"enum": ["unknown", "positive", "negative"]},
+                "match_rows_on": {"enum": ["image", "study"]},
                 "path_fields": {
                     "type": "object",
                     "additionalProperties": False,
@@ -138,6 +138,10 @@ SCHEMA: dict[str, Any] = {
                 {"if": {"properties": {"adapter": {"const": "nifti-folder"}}}, "then": {"required": ["images"]}},
                 {"if": {"anyOf": [{"required": ["labels_csv"]}, {"required": ["labels_json"]}]},
                  "then": {"required": ["columns"]}},
+                {"if": {"properties": {"match_rows_on": {"const": "study"}}, "required": ["match_rows_on"]},
+                 "then": {"required": ["columns", "path_fields"],
+                          "properties": {"columns": {"required": ["study"]}, "path_fields": {"required": ["study"]}}},
+                 "else": {"properties": {"columns": {"required": ["image"]}}}},
                 {"if": {"required": ["label_columns"]},
                  "then": {"required": ["label_vocabulary"], "anyOf": [{"required": ["labels_csv"]},
                                                                       {"required": ["labels_json"]}]}},
@@ -222,6 +226,8 @@ HINTS = {
     "source.label_columns": "the table's label columns, one per label (CheXpert style: 1, 0, -1 or blank)",
     "source.label_vocabulary": "a label space of schemas/vocab/findings.yaml, e.g. chestxray14 or chexpert",
     "source.uncertain_labels": "unknown (U-Ignore, default), positive (U-Ones) or negative (U-Zeros)",
+    "source.match_rows_on": "image (default: a row per file) or study (a row per study, as MIMIC-CXR's chexpert.csv)",
+    "source.columns.study": "the table's study column (needed with match_rows_on: study)",
     "source.path_fields": "regexes with one group over the file's path under root, e.g. patient: '(patient\\d+)/'",
     "defaults.modality": MODALITY_HINT,
     "processing.resample.spacing_mm": "three positive numbers in mm, e.g. [1.5, 1.5, 1.5]",

@@ -334,3 +334,48 @@ defaults: {{modality: XR, body_part: CHEST}}
     rows, summary, quarantine = run(tmp_path, key_file, bad, name="bad.yaml")
     assert rows == [] and [q["reason"] for q in quarantine] == ["recipe_table_mismatch"]
     assert "'Covid-19'" in quarantine[0]["message"]
+
+
+def test_mimic_cxr_layout_matches_rows_per_study(tmp_path, key_file):
+    """MIMIC-CXR-JPG: files/pXX/p<subject>/s<study>/<dicom_id>.jpg and mimic-cxr-2.0.0-chexpert.csv with one row
+    per study (subject_id, study_id, the CheXpert columns): every image of a study takes its row; a study row with
+    no image is `missing_file`, an image of a study the table lacks `unlabeled_image`."""
+    root = tmp_path / "mimic-cxr-jpg"
+    images = {"files/p10/p10000032/s50414267/02aa804e.jpg": 1, "files/p10/p10000032/s50414267/174413ec.jpg": 2,
+              "files/p10/p10000032/s53189527/2a2277a9.jpg": 3, "files/p11/p11000011/s51029426/ab12cd34.jpg": 4,
+              "files/p12/p12000001/s59999999/ffffffff.jpg": 5}
+    for rel, n in images.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(((np.arange(32 * 32).reshape(32, 32) * n) % 253).astype(np.uint8)).save(root / rel)
+    (root / "mimic-cxr-2.0.0-chexpert.csv").write_text(
+        "subject_id,study_id,Atelectasis,Cardiomegaly,Edema,No Finding,Pleural Effusion,Support Devices\n"
+        "10000032,50414267,,,,1.0,,\n"
+        "10000032,53189527,,1.0,-1.0,,0.0,1.0\n"
+        "11000011,51029426,1.0,,,,1.0,\n"
+        "11000011,58888888,,,,1.0,,\n")
+    rows, summary, quarantine = run(tmp_path, key_file, f"""
+dataset: {{id: mimic-toy, license: LicenseRef-PhysioNet-Credentialed-Health-Data-1.5.0, access: dua}}
+source:
+  adapter: image-csv
+  root: {root}
+  images: "files/*/*/*/*.jpg"
+  labels_csv: mimic-cxr-2.0.0-chexpert.csv
+  match_rows_on: study
+  columns: {{patient: subject_id, study: study_id}}
+  path_fields: {{study: '/s(\\d+)/'}}
+  label_columns: [Atelectasis, Cardiomegaly, Edema, No Finding, Pleural Effusion, Support Devices]
+  label_vocabulary: chexpert
+defaults: {{modality: XR, body_part: CHEST}}
+""")
+    assert sorted(q["reason"] for q in quarantine) == ["missing_file", "unlabeled_image"]
+    assert len(rows) == 3 + 1  # the study without a row is quarantined; the others' four images are written
+    assert summary["total"]["discovered"] == 6
+    by_study = {}
+    for r in rows:
+        by_study.setdefault(r["study_id"], []).append(r)
+    assert sorted(len(v) for v in by_study.values()) == [1, 1, 2]
+    assert len({r["patient_id"] for r in rows}) == 2
+    two = next(v for v in by_study.values() if len(v) == 2)
+    assert all(dict(r["labels"])["Cardiomegaly"] == 0 and r["labels_raw"] == "No Finding=1.0" for r in two)
+    sick = next(v[0] for v in by_study.values() if v[0]["labels_raw"].startswith("Cardiomegaly"))
+    assert dict(sick["labels"])["Edema"] == -1 and dict(sick["labels"])["Support Devices"] == 1

@@ -39,6 +39,15 @@ def test_minimal_recipe_loads_with_defaults_and_relative_root(tmp_path):
         (lambda d: d.update(extra=1), "extra", None),
         (lambda d: d["source"].update(adapter="image-csv"), "source.images", "glob"),
         (lambda d: d.update(processing={"resample": {"spacing_mm": [1, 1]}}), "processing.resample", None),
+        (lambda d: d["source"].update(labels_csv="t.csv", columns={"patient": "p"}), "source.columns.image", "image"),
+        (lambda d: d["source"].update(labels_csv="t.csv", columns={"image": "f"}, label_vocabulary="chexpertt"),
+         "source.label_vocabulary", "chexpert"),
+        (lambda d: d["source"].update(labels_csv="t.csv", columns={"image": "f"}, label_columns=["Edema"]),
+         "source.label_vocabulary", "findings.yaml"),
+        (lambda d: d["source"].update(labels_csv="t.csv", columns={"study": "s"}, match_rows_on="study"),
+         "source.path_fields", "one group"),
+        (lambda d: d["source"].update(path_fields={"patient": "p(\\d+)(x)"}), "source.path_fields.patient",
+         None),
     ],
 )
 def test_invalid_recipes_name_the_field(tmp_path, change, field, fix):

@@ -99,7 +99,7 @@ class Rows:
         self.used: set[str] = set()
         self.present = "labels_csv" in recipe.source or "labels_json" in recipe.source
         if self.present:
-            column = recipe.source["columns"]["image"]
+            column = recipe.source["columns"][_row_key(recipe)]
             table = _read_rows(recipe)
             header = set().union(*(row.keys() for row in table)) if table else set()
             view = recipe.source["columns"].get("view", [])
@@ -127,12 +127,20 @@ class Rows:
         return [(name, row) for name in sorted(self.by_name) if name not in self.used for row in self.by_name[name]]
 
 
+def _row_key(recipe: Recipe) -> str:
+    """Which table column names a row's item: ``image`` (a row per file) or ``study`` (a row per study)."""
+    return recipe.source.get("match_rows_on", "image")
+
+
 def _path_names(recipe: Recipe, uri: str) -> list[str]:
     """Names a table row may give a file by, most specific first: its path under the dataset folder's parent
     (CheXpert's "CheXpert-v1.0-small/train/patient00001/study1/view1_frontal.jpg"), under root, each shorter path
     suffix, the file name, the stem. Tables that name files by bare file names keep working; tables whose file
     names repeat across folders match on the longer paths."""
     rel = relpath(uri, recipe.root)
+    if _row_key(recipe) == "study":  # MIMIC-CXR: files/p10/p10000032/s50414267/<dicom_id>.jpg -> 50414267
+        m = re.search(recipe.source["path_fields"]["study"], rel)
+        return [m.group(1)] if m and m.group(1) else []
     parts = rel.split("/")
     names = [posixpath.basename(recipe.root.rstrip("/")) + "/" + rel]
     names += ["/".join(parts[i:]) for i in range(len(parts))]
