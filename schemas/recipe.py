@@ -325,6 +325,16 @@ class Recipe:
     def path(self, relative: str) -> str:
         return _resolve(self.root, relative)
 
+    def path_fields(self, relative: str) -> dict:
+        """``source.path_fields`` regexes over a file's path under root -> {field: first group} (CheXpert keeps the
+        patient, study and split in folder names: train/patient00001/study1/view1_frontal.jpg)."""
+        out = {}
+        for name, pattern in (self.source.get("path_fields") or {}).items():
+            m = re.search(pattern, relative)
+            if m and m.group(1):
+                out[name] = m.group(1)
+        return out
+
     def public(self) -> dict:
         """The recipe as it may appear in outputs: no source paths."""
         return {

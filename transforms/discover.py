@@ -139,8 +139,8 @@ def _path_names(recipe: Recipe, uri: str) -> list[str]:
     names repeat across folders match on the longer paths."""
     rel = relpath(uri, recipe.root)
     if _row_key(recipe) == "study":  # MIMIC-CXR: files/p10/p10000032/s50414267/<dicom_id>.jpg -> 50414267
-        m = re.search(recipe.source["path_fields"]["study"], rel)
-        return [m.group(1)] if m and m.group(1) else []
+        study = recipe.path_fields(rel).get("study")
+        return [study] if study else []
     parts = rel.split("/")
     names = [posixpath.basename(recipe.root.rstrip("/")) + "/" + rel]
     names += ["/".join(parts[i:]) for i in range(len(parts))]

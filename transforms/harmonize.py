@@ -206,8 +206,7 @@ class Harmonize:
         label_names, structures, structures_raw = sample.label_names, [], []
         if sample.label is not None:
             present = {int(v): sample.label_names.get(int(v), f"label_{int(v)}") for v in np.unique(sample.label) if v}
-            label_names, unmapped_structures = vocab.structure_names(
-                {**{int(k): n for k, n in sample.label_names.items()}, **present})
+            label_names, unmapped_structures = vocab.structure_names({**sample.label_names, **present})
             structures = sorted({label_names[v] for v in present})
             structures_raw = sorted(set(present.values()))
             unmapped_structures = sorted(set(unmapped_structures) & set(present.values()))

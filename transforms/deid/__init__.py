@@ -146,7 +146,7 @@ class Deidentify:
             identifiers += [("text", t) for t in re.split(r"[^A-Za-z0-9^]+", text) if len(t) >= 2]
         row = dict(sample.private.get("row", ()))
         columns = recipe.source.get("columns", {})
-        from_path = path_fields(recipe, sample.private.get("source") or "")
+        from_path = recipe.path_fields(sample.private.get("source") or "")
         raw_patient = (row.get(columns.get("patient", ""), "") or "").strip() or from_path.get("patient", "")
         if raw_patient:
             identity = "id:" + raw_patient
@@ -195,17 +195,6 @@ class Deidentify:
         linkage = {"source": sample.private.get("source"), "patient_id": raw_patient or None,
                    "patient_pseudonym": meta["patient_id"], "study": study or None}
         return self._finish(sample, meta, identifiers, audit, linkage, text=text)
-
-
-def path_fields(recipe, source_path: str) -> dict:
-    """``source.path_fields`` regexes over a file's path under root -> {field: first group} (CheXpert keeps the
-    patient, study and split in folder names: train/patient00001/study1/view1_frontal.jpg)."""
-    out = {}
-    for field, pattern in (recipe.source.get("path_fields") or {}).items():
-        m = re.search(pattern, source_path)
-        if m and m.group(1):
-            out[field] = m.group(1)
-    return out
 
 
 def encrypt_linkage(key, record: dict) -> str:
